@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs evf-sam with its training, evaluation and test dependencies into the current Python.
+# Idempotent: already-satisfied requirements are skipped. torch/torchvision are pinned.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+$PY -m pip install -q torch==2.14.1 torchvision==0.29.1
+$PY -m pip install -q -e ".[train,test]"
+# DeepSpeed's build imports torch, so it must see the torch installed above.
+$PY -m pip show deepspeed >/dev/null 2>&1 || $PY -m pip install -q --no-build-isolation deepspeed==0.19.8

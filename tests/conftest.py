@@ -1,0 +1,14 @@
+import os
+
+import pytest
+import torch
+
+# Tests run on 2 CPU cores next to other processes: keep intra-op threads small and results
+# deterministic.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
