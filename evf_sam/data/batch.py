@@ -17,7 +17,7 @@ class Batch:
     """
 
     sam_images: Tensor  # (B, 3, S, S) float32, SAM-normalised and zero-padded bottom/right
-    beit_images: Tensor  # (N, 3, 224, 224) float32, BEiT-3 input of each expression's image
+    beit_images: Tensor  # (B, 3, 224, 224) float32, BEiT-3 input (gathered per expression by image_index)
     text_ids: Tensor  # (N, T) long, <s> ... </s> right-padded with <pad>
     text_padding_mask: Tensor  # (N, T) bool, True = padding
     image_index: Tensor  # (N,) long in [0, B): the image of each expression
