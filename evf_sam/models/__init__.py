@@ -1,0 +1,10 @@
+"""The model library: BEiT-3 encoder, projector, SAM builders, EvfSam, checkpoints.
+
+Never imports Hydra, DeepSpeed or evf_sam.engine.
+"""
+
+from evf_sam.models.evf_sam import EvfSam, EvfSamConfig, build_evf_sam
+from evf_sam.models.projector import Projector
+from evf_sam.models.sam import SAM_CONFIGS, SAM_REGISTRY, build_sam
+
+__all__ = ["SAM_CONFIGS", "SAM_REGISTRY", "EvfSam", "EvfSamConfig", "Projector", "build_evf_sam", "build_sam"]

@@ -1,0 +1,551 @@
+"""Checkpoints: the one place where the official EVF-SAM names are translated, both ways.
+
+    ours                 official EVF-SAM checkpoint
+    sam.*                visual_model.*
+    encoder.*            mm_extractor.beit3.*
+    projector.fc1.*      text_hidden_fcs.0.0.*
+    projector.fc2.*      text_hidden_fcs.0.2.*
+
+An official directory (what a user downloads as "evf-sam"):
+
+    config.json                      {"architectures": ["EvfSamModel"], "model_type": "evf",
+                                      "sam_scale": "huge", "mm_extractor_scale": "large",
+                                      "hidden_size": 1024, "out_dim": 256, "torch_dtype": "float16", ...}
+    pytorch_model.bin | model.safetensors | pytorch_model.bin.index.json (+ shards) |
+    model.safetensors.index.json (+ shards)
+    sentencepiece.bpe.model, tokenizer_config.json, special_tokens_map.json [, added_tokens.json]
+
+Every load is strict: missing tensors, unexpected tensors and shape mismatches raise
+`StateDictMismatchError` naming each tensor by its name in the file (official names), and a
+config.json that disagrees with its weights (e.g. ``mm_extractor_scale: "large"`` next to
+BEiT-3-Base weights) raises `ValueError` saying what each side says. Our own fields (``sam_variant``,
+``encoder``, ``encoder_overrides``, ``multimask_output``) are written next to the official ones;
+they are how tiny models (``sam_variant: "tiny"``) round-trip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # evf_sam.models.evf_sam imports this module
+    from evf_sam.models.evf_sam import EvfSam, EvfSamConfig
+
+__all__ = [
+    "ENCODER_SCALES",
+    "NAME_MAP",
+    "SAM_SCALES",
+    "StateDictMismatchError",
+    "TOKENIZER_FILES",
+    "WEIGHT_FILES",
+    "check_state_dict",
+    "config_from_official",
+    "from_official_name",
+    "from_official_state_dict",
+    "load_pretrained",
+    "load_state_dict_strict",
+    "official_config",
+    "official_state_dict",
+    "read_official_config",
+    "read_official_weights",
+    "save_pretrained",
+    "to_official_name",
+    "to_official_state_dict",
+    "write_checkpoint_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+# ours prefix -> official prefix (the table in docs/DESIGN.md)
+NAME_MAP: tuple[tuple[str, str], ...] = (
+    ("sam.", "visual_model."),
+    ("encoder.", "mm_extractor.beit3."),
+    ("projector.fc1.", "text_hidden_fcs.0.0."),
+    ("projector.fc2.", "text_hidden_fcs.0.2."),
+)
+# official config.json values <-> our registry names
+SAM_SCALES: dict[str, str] = {"huge": "vit_h", "large": "vit_l", "base": "vit_b"}
+ENCODER_SCALES: dict[str, str] = {"large": "beit3_large", "base": "beit3_base"}
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+BIN_FILE = "pytorch_model.bin"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFETENSORS_FILE, BIN_FILE, SAFETENSORS_INDEX, BIN_INDEX)  # in order of preference
+TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "tokenizer.json")
+# Non-persistent `Sam` buffers (constants); official files do not have them, some exports do.
+_CONSTANT_KEYS = ("visual_model.pixel_mean", "visual_model.pixel_std")
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+
+def to_official_name(name: str) -> str:
+    """``sam.mask_decoder.iou_token.weight`` -> ``visual_model.mask_decoder.iou_token.weight``."""
+    for ours, official in NAME_MAP:
+        if name.startswith(ours):
+            return official + name[len(ours):]
+    raise ValueError(f"parameter {name!r} has no official EVF-SAM name (known prefixes: "
+                     f"{', '.join(o for o, _ in NAME_MAP)})")
+
+
+def from_official_name(name: str) -> str | None:
+    """``text_hidden_fcs.0.2.bias`` -> ``projector.fc2.bias``; None for a name outside the table."""
+    for ours, official in NAME_MAP:
+        if name.startswith(official):
+            return ours + name[len(official):]
+    return None
+
+
+def to_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {to_official_name(k): v for k, v in state.items()}
+
+
+def from_official_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """-> (our state dict, official names outside the table, i.e. unexpected tensors)."""
+    ours, unknown = {}, []
+    for k, v in state.items():
+        n = from_official_name(k)
+        if n is None:
+            unknown.append(k)
+        else:
+            ours[n] = v
+    return ours, unknown
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict loading with a report
+
+
+class StateDictMismatchError(RuntimeError):
+    """A state dict that does not match the model; ``missing``, ``unexpected``, ``mismatched`` name them.
+
+    ``mismatched`` holds ``(name, shape in the file, shape in the model)``.
+    """
+
+    def __init__(self, what: str, missing: list[str], unexpected: list[str],
+                 mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        lines = [f"{what} does not match the model:"]
+        if missing:
+            lines.append(f"  missing tensors ({len(missing)}): {_short_list(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected tensors ({len(unexpected)}): {_short_list(unexpected)}")
+        for name, got, want in mismatched[:50]:
+            lines.append(f"  shape mismatch {name}: file has {got}, model expects {want}")
+        if len(mismatched) > 50:
+            lines.append(f"  ... and {len(mismatched) - 50} more shape mismatches")
+        super().__init__("\n".join(lines))
+
+
+def _short_list(names: list[str], limit: int = 50) -> str:
+    head = ", ".join(names[:limit])
+    return head + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_state_dict(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *, what: str,
+                     display: Callable[[str], str] | None = None, extra_unexpected: Iterable[str] = ()) -> None:
+    """Raises `StateDictMismatchError` unless ``state`` has exactly ``expected``'s names and shapes.
+
+    ``display`` maps our names to the names the user sees in their file (e.g. `to_official_name`).
+    """
+    show = display or (lambda n: n)
+    missing = sorted(show(k) for k in expected if k not in state)
+    unexpected = sorted([show(k) for k in state if k not in expected] + list(extra_unexpected))
+    mismatched = [(show(k), tuple(state[k].shape), tuple(expected[k].shape))
+                  for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        raise StateDictMismatchError(what, missing, unexpected, mismatched)
+
+
+def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], *, what: str,
+                           display: Callable[[str], str] | None = None, assign: bool = False) -> None:
+    """Checks names and shapes (`check_state_dict`), then loads; nothing is copied on error.
+
+    ``assign=False`` copies into the existing tensors (casting to their dtype); ``assign=True``
+    adopts the given tensors (for modules built on the ``meta`` device).
+    """
+    check_state_dict(module.state_dict(), state, what=what, display=display)
+    module.load_state_dict(state, strict=True, assign=assign)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading an official directory
+
+
+def _check_dir(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"EVF-SAM checkpoint directory not found: {str(path)!r} (expected a directory "
+                                f"with {CONFIG_FILE} and one of {', '.join(WEIGHT_FILES)})")
+    if not path.is_dir():
+        raise FileNotFoundError(f"EVF-SAM checkpoint path {str(path)!r} is not a directory (expected a directory "
+                                f"with {CONFIG_FILE} and one of {', '.join(WEIGHT_FILES)})")
+
+
+def read_official_config(path: str | Path) -> dict[str, Any]:
+    """config.json of a checkpoint directory as a dict."""
+    path = Path(path)
+    _check_dir(path)
+    f = path / CONFIG_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{str(f)!r} not found: an EVF-SAM checkpoint directory needs {CONFIG_FILE} "
+                                f"(architectures EvfSamModel, sam_scale, mm_extractor_scale, ...)")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(f)!r} is not valid JSON: {e}") from None
+
+
+def _load_file(f: Path) -> dict[str, Tensor]:
+    if f.name.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(f), device="cpu")
+    try:
+        obj = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # legacy (pre-zipfile) pickles cannot be memory-mapped
+            raise
+        obj = torch.load(str(f), map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{str(f)!r}: expected a state dict, got {type(obj).__name__}")
+    return dict(obj)
+
+
+def read_official_weights(path: str | Path) -> tuple[dict[str, Tensor], Path]:
+    """All tensors of a checkpoint directory (official names) and the file they came from.
+
+    Looks for, in this order: ``model.safetensors``, ``pytorch_model.bin``,
+    ``model.safetensors.index.json``, ``pytorch_model.bin.index.json`` (sharded; every shard named
+    in ``weight_map`` must exist and hold the tensors the index assigns to it). Pickles are read
+    with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    _check_dir(path)
+    for name in WEIGHT_FILES:
+        f = path / name
+        if not f.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return _load_file(f), f
+        index = json.loads(f.read_text())
+        weight_map: dict[str, str] = index.get("weight_map") or {}
+        if not weight_map:
+            raise ValueError(f"{str(f)!r} has no weight_map")
+        state: dict[str, Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            sf = path / shard
+            if not sf.is_file():
+                raise FileNotFoundError(f"shard {str(sf)!r} named in {str(f)!r} not found")
+            part = _load_file(sf)
+            want = sorted(k for k, v in weight_map.items() if v == shard)
+            absent = [k for k in want if k not in part]
+            if absent:
+                raise StateDictMismatchError(f"shard {str(sf)!r}", absent, [], [])
+            state.update({k: part[k] for k in want})
+        return state, f
+    raise FileNotFoundError(f"no weights in {str(path)!r}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -> "EvfSamConfig":
+    """Maps an official (or our extended) config.json to an `EvfSamConfig`."""
+    from evf_sam.models.evf_sam import EvfSamConfig
+
+    archs = list(cfg.get("architectures") or [])
+    if "EvfSam2Model" in archs:
+        raise ValueError(
+            f"{source}: architectures={archs} is an EVF-SAM2 checkpoint (SAM-2 mask decoder, "
+            f"sam_scale={cfg.get('sam_scale')!r}); SAM-2 is not supported by EvfSam, which wraps SAM-1 "
+            f"(vit_h / vit_l / vit_b). Use an EVF-SAM (EvfSamModel) checkpoint."
+        )
+    if archs and "EvfSamModel" not in archs:
+        raise ValueError(f"{source}: architectures={archs}; expected ['EvfSamModel']")
+    if cfg.get("model_type", "evf") != "evf":
+        raise ValueError(f"{source}: model_type={cfg.get('model_type')!r}; expected 'evf'")
+
+    def pick(ours_key: str, official_key: str, table: dict[str, str]) -> str:
+        ours, official = cfg.get(ours_key), cfg.get(official_key)
+        if ours is None and official is None:
+            raise ValueError(f"{source}: neither {official_key!r} nor {ours_key!r} is set")
+        if ours is None:
+            if official not in table:
+                raise ValueError(f"{source}: {official_key}={official!r} is not one of "
+                                 f"{', '.join(map(repr, table))}")
+            return table[official]
+        if official in table and table[official] != ours:
+            raise ValueError(f"{source}: {official_key}={official!r} (= {table[official]}) disagrees with "
+                             f"{ours_key}={ours!r}")
+        return ours
+
+    sam_variant = pick("sam_variant", "sam_scale", SAM_SCALES)
+    encoder = pick("encoder", "mm_extractor_scale", ENCODER_SCALES)
+    return EvfSamConfig(
+        sam_variant=sam_variant,
+        encoder=encoder,
+        encoder_overrides=dict(cfg.get("encoder_overrides") or {}),
+        out_dim=None,  # derived from SAM; config.json's out_dim is checked against model and weights
+        multimask_output=bool(cfg.get("multimask_output", False)),
+    )
+
+
+# Facts a config implies that the weights can contradict: (what, official tensor, dim, config value getter)
+def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mapping[str, Any],
+                       config: "EvfSamConfig", source: str) -> None:
+    """Raises ValueError when config.json describes another architecture than the weights hold."""
+
+    def dim(name: str, i: int) -> int | None:
+        t = state.get(name)
+        return int(t.shape[i]) if t is not None and t.dim() > i else None
+
+    def count(prefix: str) -> int:
+        pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+        idx = [int(m.group(1)) for k in state if (m := pat.match(k))]
+        return max(idx) + 1 if idx else 0
+
+    problems = []
+    enc_cfg = model.encoder.config if hasattr(model.encoder, "config") else None
+    w_dim = dim("mm_extractor.beit3.vision_embed.proj.weight", 0)
+    w_depth = count("mm_extractor.beit3.encoder.layers.")
+    if enc_cfg is not None and w_dim is not None and (w_dim, w_depth) != (enc_cfg.embed_dim, enc_cfg.depth):
+        from evf_sam.models.beit3 import BEIT3_CONFIGS
+
+        guess = [n for n, c in BEIT3_CONFIGS.items() if (c.embed_dim, c.depth) == (w_dim, w_depth)]
+        scale = {v: k for k, v in ENCODER_SCALES.items()}
+        hint = (f" (looks like {guess[0]}" + (f", mm_extractor_scale={scale[guess[0]]!r}" if guess[0] in scale else "")
+                + ")") if guess else ""
+        problems.append(
+            f"mm_extractor_scale={cfg.get('mm_extractor_scale')!r} -> {config.encoder} (embed_dim "
+            f"{enc_cfg.embed_dim}, {enc_cfg.depth} layers), but the weights have embed_dim {w_dim}, "
+            f"{w_depth} layers{hint}"
+        )
+    if "hidden_size" in cfg and w_dim is not None and int(cfg["hidden_size"]) != w_dim:
+        problems.append(f"hidden_size={cfg['hidden_size']}, but the BEiT-3 weights have embed_dim {w_dim}")
+    s_dim = dim("visual_model.image_encoder.patch_embed.proj.weight", 0)
+    s_depth = count("visual_model.image_encoder.blocks.")
+    img = model.sam.image_encoder
+    want = (img.patch_embed.proj.out_channels, len(img.blocks))
+    if s_dim is not None and (s_dim, s_depth) != want:
+        from evf_sam.models.sam import SAM_CONFIGS
+
+        guess = [n for n, a in SAM_CONFIGS.items() if (a.encoder_embed_dim, a.encoder_depth) == (s_dim, s_depth)]
+        scale = {v: k for k, v in SAM_SCALES.items()}
+        hint = (f" (looks like {guess[0]}" + (f", sam_scale={scale[guess[0]]!r}" if guess[0] in scale else "")
+                + ")") if guess else ""
+        problems.append(
+            f"sam_scale={cfg.get('sam_scale')!r} -> {config.sam_variant} (image encoder width {want[0]}, "
+            f"{want[1]} blocks), but the weights have width {s_dim}, {s_depth} blocks{hint}"
+        )
+    o_dim = dim("text_hidden_fcs.0.2.weight", 0)
+    if "out_dim" in cfg and o_dim is not None and int(cfg["out_dim"]) != o_dim:
+        problems.append(f"out_dim={cfg['out_dim']}, but text_hidden_fcs.0.2.weight has {o_dim} output rows")
+    if problems:
+        raise ValueError(f"{source} disagrees with the weights:\n  " + "\n  ".join(problems))
+
+
+def _check_config_vs_model(model: "EvfSam", cfg: Mapping[str, Any], source: str) -> None:
+    problems = []
+    if "hidden_size" in cfg and int(cfg["hidden_size"]) != model.projector.in_dim:
+        problems.append(f"hidden_size={cfg['hidden_size']}, but {model.config.encoder} has width "
+                        f"{model.projector.in_dim}")
+    if "out_dim" in cfg and int(cfg["out_dim"]) != model.projector.out_dim:
+        problems.append(f"out_dim={cfg['out_dim']}, but SAM {model.config.sam_variant} has prompt dim "
+                        f"{model.projector.out_dim}")
+    if problems:
+        raise ValueError(f"{source} is inconsistent:\n  " + "\n  ".join(problems))
+
+
+def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> "EvfSam":
+    """Builds the model config.json describes and loads its weights strictly (see module docstring).
+
+    The model is built on the ``meta`` device (no random init, no double memory) and adopts the
+    file's tensors cast to ``dtype`` on ``device``. Returned in eval mode, SAM image encoder frozen.
+    """
+    from evf_sam.models.evf_sam import EvfSam, build_evf_sam
+
+    path = Path(path)
+    cfg = read_official_config(path)
+    source = str(path / CONFIG_FILE)
+    config = config_from_official(cfg, source=source)
+    official, weights_file = read_official_weights(path)
+    for k in _CONSTANT_KEYS:
+        official.pop(k, None)
+    with torch.device("meta"):
+        model = build_evf_sam(config)
+    _weights_vs_config(model, official, cfg, config, source)
+    _check_config_vs_model(model, cfg, source)
+    state, unknown = from_official_state_dict(official)
+    check_state_dict(model.state_dict(), state, what=f"weights {str(weights_file)!r}", display=to_official_name,
+                     extra_unexpected=unknown)
+    state = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialise_meta(model, device, dtype)
+    model.sam.image_encoder.requires_grad_(False)
+    assert isinstance(model, EvfSam)
+    return model.eval()
+
+
+def _materialise_meta(model: nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
+    """Non-persistent buffers (``sam.pixel_mean`` / ``pixel_std``) are not in the files: rebuild them."""
+    from evf_sam.models.sam import PIXEL_MEAN, PIXEL_STD
+
+    consts = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
+    for mod_name, mod in model.named_modules():
+        for name, buf in list(mod._buffers.items()):
+            if buf is None:
+                continue
+            if buf.is_meta:
+                if name not in consts:
+                    raise RuntimeError(f"buffer {mod_name}.{name} is neither in the checkpoint nor a known constant")
+                buf = torch.tensor(consts[name], dtype=torch.float32).view(-1, 1, 1)
+            mod._buffers[name] = buf.to(device=device, dtype=dtype if buf.is_floating_point() else None)
+    leftover = [n for n, p in model.named_parameters() if p.is_meta]
+    if leftover:
+        raise RuntimeError(f"parameters left uninitialised: {_short_list(leftover)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def official_state_dict(model: "EvfSam", dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """Model tensors under official names, contiguous, on CPU, optionally cast (floating ones only)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[to_official_name(k)] = v.contiguous()
+    return out
+
+
+def official_config(model: "EvfSam", torch_dtype: torch.dtype) -> dict[str, Any]:
+    """config.json in the official schema, plus our fields (sam_variant, encoder, encoder_overrides, ...)."""
+    import dataclasses
+
+    import transformers
+
+    c = model.config
+    sam_scale = {v: k for k, v in SAM_SCALES.items()}.get(c.sam_variant, c.sam_variant)
+    enc_scale = {v: k for k, v in ENCODER_SCALES.items()}.get(c.encoder, c.encoder)
+    dtype_name = {v: k for k, v in _DTYPES.items()}[torch_dtype]
+    cfg = {
+        "architectures": ["EvfSamModel"],
+        "model_type": "evf",
+        "sam_scale": sam_scale,
+        "mm_extractor_scale": enc_scale,
+        "hidden_size": model.projector.in_dim,
+        "out_dim": model.projector.out_dim,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "pad_token_id": 1,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype_name,
+        "transformers_version": transformers.__version__,
+    }
+    ours = dataclasses.asdict(c)
+    cfg.update({k: ours[k] for k in ("sam_variant", "encoder", "encoder_overrides", "multimask_output")})
+    return cfg
+
+
+def write_checkpoint_dir(path: str | Path, *, config: Mapping[str, Any], state: Mapping[str, Tensor],
+                         tokenizer_dir: str | Path | None = None, fmt: str = "safetensors",
+                         max_shard_tensors: int | None = None) -> Path:
+    """Writes config.json + weights (+ tokenizer files) atomically: a temp dir next to ``path``, renamed.
+
+    ``fmt``: "safetensors" (model.safetensors), "bin" (pytorch_model.bin), "sharded" (two or more
+    pytorch_model-0000i-of-0000n.bin + pytorch_model.bin.index.json), "sharded_safetensors".
+    An existing ``path`` is replaced only if it is empty or an EVF-SAM dir (has config.json).
+    On error nothing is left behind and an existing ``path`` is untouched.
+    """
+    path = Path(path)
+    if fmt not in ("safetensors", "bin", "sharded", "sharded_safetensors"):
+        raise ValueError(f"fmt={fmt!r}; choose safetensors, bin, sharded or sharded_safetensors")
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / CONFIG_FILE).is_file())):
+        raise FileExistsError(f"{str(path)!r} exists and is not an EVF-SAM checkpoint directory; refusing to "
+                              f"replace it")
+    tok_files: list[Path] = []
+    if tokenizer_dir is not None:
+        tokenizer_dir = Path(tokenizer_dir)
+        tok_files = [tokenizer_dir / n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()]
+        if not (tokenizer_dir / "sentencepiece.bpe.model").is_file():
+            raise FileNotFoundError(f"tokenizer dir {str(tokenizer_dir)!r} has no sentencepiece.bpe.model")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2) + "\n")
+        _write_weights(tmp, dict(state), fmt, max_shard_tensors)
+        for f in tok_files:
+            shutil.copy2(f, tmp / f.name)
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, path)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _write_weights(d: Path, state: dict[str, Tensor], fmt: str, max_shard_tensors: int | None) -> None:
+    from safetensors.torch import save_file
+
+    def save(tensors: dict[str, Tensor], f: Path) -> None:
+        if f.suffix == ".safetensors":
+            save_file(tensors, str(f), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, str(f))
+
+    if fmt == "safetensors":
+        save(state, d / SAFETENSORS_FILE)
+        return
+    if fmt == "bin":
+        save(state, d / BIN_FILE)
+        return
+    names = list(state)
+    per = max_shard_tensors or max(1, (len(names) + 1) // 2)
+    chunks = [names[i:i + per] for i in range(0, len(names), per)]
+    ext, index_name = (".safetensors", SAFETENSORS_INDEX) if fmt == "sharded_safetensors" else (".bin", BIN_INDEX)
+    stem = "model" if ext == ".safetensors" else "pytorch_model"
+    weight_map = {}
+    for i, chunk in enumerate(chunks):
+        fname = f"{stem}-{i + 1:05d}-of-{len(chunks):05d}{ext}"
+        save({k: state[k] for k in chunk}, d / fname)
+        weight_map.update({k: fname for k in chunk})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (d / index_name).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def save_pretrained(model: "EvfSam", path: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """``model.safetensors`` (official names, the model's dtype) + config.json + tokenizer files, atomically."""
+    dtypes = {p.dtype for p in model.parameters()}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32  # mixed precision: save float32
+    state = official_state_dict(model, dtype)
+    if tokenizer_dir is None:
+        logger.warning("save_pretrained(%s): no tokenizer_dir given; the directory will hold no tokenizer", path)
+    return write_checkpoint_dir(path, config=official_config(model, dtype), state=state,
+                                tokenizer_dir=tokenizer_dir, fmt="safetensors")

@@ -1,0 +1,289 @@
+"""EVF-SAM: a BEiT-3 encoder fuses the referring text with the image early; its vision [CLS],
+projected, is the one sparse prompt of a frozen-encoder SAM (paper Fig. 4).
+
+    model = EvfSam.from_pretrained("evf-sam")                  # official directory
+    emb = model.encode_image(sam_images)                       # (B, C, h, w), once per image
+    prompts = model.encode_prompts(beit_images, ids, pad)      # (N, 1, C), one per expression
+    low_res, iou = model.decode_masks(emb, prompts, image_index)
+    logits = model.postprocess_masks(low_res, input_size, original_size)   # (N, 1, H, W), mask = logits > 0
+
+The prompt wiring is the official one: SAM's prompt encoder with no points, boxes or masks gives an
+empty sparse embedding and ``no_mask_embed`` as the dense embedding; the projected [CLS] is appended
+to the sparse embedding. Decoding runs segment-anything's ``MaskDecoder`` arithmetic for N prompts
+against their images (``image_index``) without repeating each image embedding per prompt first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from segment_anything.modeling import Sam
+from torch import Tensor, nn
+
+from evf_sam.models.projector import Projector
+from evf_sam.models.sam import SAM_CONFIGS, build_sam
+
+__all__ = ["EvfSam", "EvfSamConfig", "build_evf_sam"]
+
+
+@dataclass
+class EvfSamConfig:
+    """Architecture of an EVF-SAM model; serialised into config.json next to the official fields."""
+
+    sam_variant: str = "vit_h"  # build_sam registry; official "sam_scale": huge/large/base <-> vit_h/vit_l/vit_b
+    encoder: str = "beit3_large"  # BEIT3_CONFIGS; official "mm_extractor_scale": large/base <-> beit3_large/base
+    encoder_overrides: dict[str, Any] = field(default_factory=dict)  # BEiT3Config field overrides (tiny, fused_layers)
+    out_dim: int | None = None  # projector output = SAM prompt embed dim; None = derive from SAM (256 for vit_*)
+    multimask_output: bool = False  # default of decode_masks: True keeps the best of 3 masks by predicted IoU
+
+    def __post_init__(self) -> None:
+        if self.sam_variant not in SAM_CONFIGS:
+            raise ValueError(f"unknown sam_variant {self.sam_variant!r}; choose one of {', '.join(SAM_CONFIGS)}")
+        self.encoder_overrides = dict(self.encoder_overrides or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvfSamConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown EvfSamConfig fields {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+
+class EvfSam(nn.Module):
+    """BEiT-3 encoder + projector + SAM (image encoder, prompt encoder, mask decoder).
+
+    Attributes:
+        encoder: `BEiT3` (torchscale names; official ``mm_extractor.beit3``). Any module with the
+            same call signature that returns either a `BEiT3Output` or an (N, D) feature tensor
+            (e.g. `evf_sam.models.encoders.PromptEncoderAdapter`) also works.
+        projector: `Projector` D -> C (official ``text_hidden_fcs.0``)
+        sam: `segment_anything.modeling.Sam` (official ``visual_model``)
+        config: `EvfSamConfig`
+    """
+
+    def __init__(self, *, encoder: nn.Module, projector: Projector, sam: Sam, config: EvfSamConfig) -> None:
+        super().__init__()
+        width = _encoder_width(encoder)
+        prompt_dim = sam.prompt_encoder.embed_dim
+        if projector.in_dim != width:
+            raise ValueError(f"projector in_dim={projector.in_dim} clashes with encoder width {width}")
+        if projector.out_dim != prompt_dim:
+            raise ValueError(f"projector out_dim={projector.out_dim} clashes with SAM prompt dim {prompt_dim}")
+        if config.out_dim is not None and config.out_dim != prompt_dim:
+            raise ValueError(f"EvfSamConfig.out_dim={config.out_dim} clashes with SAM {config.sam_variant!r} "
+                             f"prompt dim {prompt_dim}")
+        self.encoder = encoder
+        self.projector = projector
+        self.sam = sam
+        self.config = config
+
+    # -- sizes --------------------------------------------------------------------------------
+
+    @property
+    def sam_image_size(self) -> int:
+        """S: the padded square SAM input (1024 for vit_*, 256 for tiny)."""
+        return int(self.sam.image_encoder.img_size)
+
+    @property
+    def beit_image_size(self) -> int:
+        """BEiT-3 input side (224 for the official models)."""
+        enc = self.encoder
+        return int(enc.config.img_size if hasattr(enc, "config") else enc.image_size)
+
+    @property
+    def max_text_len(self) -> int:
+        """Longest token sequence (incl. <s> and </s>) the encoder's text position table allows."""
+        enc = self.encoder
+        return int(enc.max_text_len if hasattr(enc, "max_text_len") else enc.max_text_length)
+
+    @property
+    def image_embedding_size(self) -> tuple[int, int]:
+        """(h, w) of the SAM image embedding; low-res masks are (4h, 4w)."""
+        return tuple(self.sam.prompt_encoder.image_embedding_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.fc1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.fc1.weight.device
+
+    # -- the three stages ---------------------------------------------------------------------
+
+    def _image_encoder_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.sam.image_encoder.parameters())
+
+    def encode_image(self, sam_images: Tensor) -> Tensor:
+        """SAM image encoder (no_grad when its parameters are frozen).
+
+        sam_images: (B, 3, S, S) normalised + zero-padded  ->  (B, C, S/16, S/16)
+        """
+        s = self.sam_image_size
+        if sam_images.dim() != 4 or tuple(sam_images.shape[-2:]) != (s, s):
+            raise ValueError(f"sam_images must be (B, 3, {s}, {s}), got {tuple(sam_images.shape)}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._image_encoder_frozen()):
+            return self.sam.image_encoder(sam_images)
+
+    def encode_prompts(self, beit_images: Tensor, text_ids: Tensor, text_padding_mask: Tensor) -> Tensor:
+        """Fused BEiT-3 forward; the vision [CLS] (token 0), projected, is the sparse prompt.
+
+        beit_images: (N, 3, 224, 224), text_ids: (N, T) long, text_padding_mask: (N, T) bool (True = pad)
+        -> (N, 1, C)
+        """
+        if beit_images.shape[0] != text_ids.shape[0]:
+            raise ValueError(f"one image per expression: beit_images has {beit_images.shape[0]}, "
+                             f"text_ids {text_ids.shape[0]} (gather images with image_index first)")
+        out = self.encoder(text_ids=text_ids, text_padding_mask=text_padding_mask, image=beit_images)
+        feat = out if isinstance(out, Tensor) else out.hidden[:, 0]  # (N, D): vision [CLS]
+        return self.projector(feat)[:, None]  # (N, 1, C)
+
+    def decode_masks(self, image_embeddings: Tensor, prompt_embeddings: Tensor, image_index: Tensor | None = None,
+                     multimask_output: bool | None = None) -> tuple[Tensor, Tensor]:
+        """segment-anything's mask decoder for N prompts against their images.
+
+        Args:
+            image_embeddings: (B, C, h, w)
+            prompt_embeddings: (N, 1, C) (or (N, C)), the projected [CLS] of each expression
+            image_index: (N,) long in [0, B); None means N == B and prompt i goes with image i
+            multimask_output: None = ``config.multimask_output``. True: predict SAM's 3 multimask
+                outputs and keep the one with the highest predicted IoU (official behaviour);
+                False: SAM's single-mask output.
+        Returns:
+            low-res mask logits (N, 1, 4h, 4w), predicted IoU (N, 1)
+        """
+        if multimask_output is None:
+            multimask_output = self.config.multimask_output
+        if prompt_embeddings.dim() == 2:
+            prompt_embeddings = prompt_embeddings[:, None]
+        b, c, h, w = image_embeddings.shape
+        n = prompt_embeddings.shape[0]
+        pe_mod, dec = self.sam.prompt_encoder, self.sam.mask_decoder
+        if (h, w) != tuple(pe_mod.image_embedding_size) or c != pe_mod.embed_dim:
+            raise ValueError(f"image_embeddings must be (B, {pe_mod.embed_dim}, {pe_mod.image_embedding_size[0]}, "
+                             f"{pe_mod.image_embedding_size[1]}), got {tuple(image_embeddings.shape)}")
+
+        # SAM prompt encoder with no points / boxes / masks: empty sparse, dense = no_mask_embed.
+        sparse = prompt_embeddings.to(image_embeddings.dtype)  # (N, 1, C) = cat([empty (N, 0, C), prompt])
+        dense = pe_mod.no_mask_embed.weight.reshape(1, -1, 1, 1).to(image_embeddings.dtype)  # (1, C, 1, 1)
+        src = image_embeddings + dense  # (B, C, h, w): add once per image, then gather per prompt
+        if image_index is None:
+            if n != b:
+                raise ValueError(f"image_index=None needs one prompt per image, got {n} prompts for {b} images")
+        elif b == 1:
+            src = src.expand(n, -1, -1, -1)  # a view: no N copies before the transformer
+        else:
+            image_index = image_index.to(device=src.device, dtype=torch.long)
+            if image_index.shape != (n,):
+                raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
+            src = src.index_select(0, image_index)  # (N, C, h, w)
+        pos_src = pe_mod.get_dense_pe().to(src.dtype).expand(n, -1, -1, -1)  # (N, C, h, w) view
+
+        # MaskDecoder.predict_masks, batched over prompts.
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)  # (1 + M, C)
+        output_tokens = output_tokens.to(sparse.dtype).unsqueeze(0).expand(n, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)  # (N, 1 + M + 1, C)
+        hs, src = dec.transformer(src, pos_src, tokens)  # (N, 1 + M + 1, C), (N, h*w, C)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1:(1 + dec.num_mask_tokens), :]  # (N, M, C)
+        src = src.transpose(1, 2).reshape(n, c, h, w)
+        upscaled = dec.output_upscaling(src)  # (N, C/8, 4h, 4w)
+        hyper_in = torch.stack([dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
+                                for i in range(dec.num_mask_tokens)], dim=1)  # (N, M, C/8)
+        _, cu, hu, wu = upscaled.shape
+        masks = (hyper_in @ upscaled.view(n, cu, hu * wu)).view(n, -1, hu, wu)  # (N, M, 4h, 4w)
+        iou_pred = dec.iou_prediction_head(iou_token_out)  # (N, M)
+
+        if not multimask_output:
+            return masks[:, 0:1], iou_pred[:, 0:1]
+        masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]  # SAM's 3 multimask outputs
+        best = iou_pred.argmax(dim=1, keepdim=True)  # (N, 1)
+        masks = torch.take_along_dim(masks, best[:, :, None, None], dim=1)  # (N, 1, 4h, 4w)
+        return masks, torch.take_along_dim(iou_pred, best, dim=1)
+
+    def postprocess_masks(self, low_res: Tensor, input_size: tuple[int, int],
+                          original_size: tuple[int, int]) -> Tensor:
+        """segment-anything's ``Sam.postprocess_masks``: bilinear to S x S, crop to ``input_size``
+        (the resized image before padding), bilinear to ``original_size``; align_corners=False.
+
+        low_res: (N, 1, 4h, 4w) -> (N, 1, H, W) logits (mask = logits > 0)
+        """
+        return self.sam.postprocess_masks(low_res, tuple(int(x) for x in input_size),
+                                          tuple(int(x) for x in original_size))
+
+    def forward(self, sam_images: Tensor | None, beit_images: Tensor, text_ids: Tensor, text_padding_mask: Tensor,
+                image_index: Tensor, *, image_embeddings: Tensor | None = None,
+                multimask_output: bool | None = None) -> tuple[Tensor, Tensor]:
+        """Training path: encode_image (no_grad when frozen) + encode_prompts + decode_masks.
+
+        sam_images (B, 3, S, S), beit_images (B, 3, 224, 224) (gathered per expression here),
+        text_ids (N, T), text_padding_mask (N, T), image_index (N,) long.
+        ``image_embeddings`` (B, C, h, w), e.g. from the embedding cache, replaces ``sam_images``.
+        -> low-res logits (N, 1, 4h, 4w), predicted IoU (N, 1)
+        """
+        if image_embeddings is None:
+            if sam_images is None:
+                raise ValueError("forward needs sam_images or image_embeddings")
+            image_embeddings = self.encode_image(sam_images)
+        image_index = image_index.to(device=beit_images.device, dtype=torch.long)
+        prompts = self.encode_prompts(beit_images.index_select(0, image_index), text_ids, text_padding_mask)
+        return self.decode_masks(image_embeddings, prompts, image_index, multimask_output)
+
+    # -- checkpoints (models/checkpoint.py does the work) -------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> "EvfSam":
+        """Loads an official EVF-SAM directory (or one written by `save_pretrained`), strictly."""
+        from evf_sam.models.checkpoint import load_pretrained
+
+        return load_pretrained(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+        """Writes model.safetensors (official names) + config.json (+ tokenizer files), atomically."""
+        from evf_sam.models.checkpoint import save_pretrained
+
+        return save_pretrained(self, path, tokenizer_dir)
+
+
+def _encoder_width(encoder: nn.Module) -> int:
+    """Width of the feature the encoder hands to the projector (computed from the built module)."""
+    if hasattr(encoder, "feature_dim"):  # PromptEncoderAdapter (ablations)
+        return int(encoder.feature_dim)
+    return int(encoder.config.embed_dim)
+
+
+def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = None,
+                  encoder_checkpoint: str | Path | None = None) -> EvfSam:
+    """Training initialisation: SAM from a segment-anything ``.pth``, BEiT-3 from a BEiT-3 ``.pth``
+    (both strict), projector freshly initialised. Sizes are derived from the built modules.
+
+    The SAM image encoder is frozen (``requires_grad=False``), as in every EVF-SAM configuration.
+    Returned in eval mode.
+    """
+    from evf_sam.models.beit3 import build_beit3, load_beit3_state_dict
+
+    sam = build_sam(config.sam_variant, sam_checkpoint)
+    encoder = build_beit3(config.encoder, **config.encoder_overrides)
+    if encoder_checkpoint is not None:
+        if not Path(encoder_checkpoint).is_file():
+            raise FileNotFoundError(f"BEiT-3 checkpoint not found: {str(encoder_checkpoint)!r} (expected a BEiT-3 "
+                                    f".pth with the state dict under 'model', keys 'beit3.*')")
+        load_beit3_state_dict(encoder, encoder_checkpoint)
+    prompt_dim = sam.prompt_encoder.embed_dim
+    if config.out_dim is None:
+        config = dataclasses.replace(config, out_dim=prompt_dim)
+    elif config.out_dim != prompt_dim:
+        raise ValueError(f"EvfSamConfig.out_dim={config.out_dim} clashes with SAM {config.sam_variant!r} prompt dim "
+                         f"{prompt_dim}; set out_dim={prompt_dim} (or None to derive it)")
+    projector = Projector(_encoder_width(encoder), prompt_dim)
+    sam.image_encoder.requires_grad_(False)
+    return EvfSam(encoder=encoder, projector=projector, sam=sam, config=config).eval()
