@@ -301,6 +301,11 @@ def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -
         encoder_overrides=dict(cfg.get("encoder_overrides") or {}),
         out_dim=None,  # derived from SAM; config.json's out_dim is checked against model and weights
         multimask_output=bool(cfg.get("multimask_output", False)),
+        # Ablation axes: absent from official files, whose defaults they are.
+        fusion=cfg.get("fusion", "early"),
+        feature=cfg.get("feature"),
+        fused_layers=cfg.get("fused_layers"),
+        encoder_path=cfg.get("encoder_path"),
     )
 
 
@@ -358,11 +363,18 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
         raise ValueError(f"{source} disagrees with the weights:\n  " + "\n  ".join(problems))
 
 
+def _hidden_size(model: "EvfSam") -> int:
+    """config.json's ``hidden_size``: the encoder's width (= the projector input for the official
+    image-[CLS] feature; a concatenated feature is wider)."""
+    enc_cfg = getattr(model.encoder, "config", None)
+    return int(enc_cfg.embed_dim) if hasattr(enc_cfg, "embed_dim") else int(model.projector.in_dim)
+
+
 def _check_config_vs_model(model: "EvfSam", cfg: Mapping[str, Any], source: str) -> None:
     problems = []
-    if "hidden_size" in cfg and int(cfg["hidden_size"]) != model.projector.in_dim:
+    if "hidden_size" in cfg and int(cfg["hidden_size"]) != _hidden_size(model):
         problems.append(f"hidden_size={cfg['hidden_size']}, but {model.config.encoder} has width "
-                        f"{model.projector.in_dim}")
+                        f"{_hidden_size(model)}")
     if "out_dim" in cfg and int(cfg["out_dim"]) != model.projector.out_dim:
         problems.append(f"out_dim={cfg['out_dim']}, but SAM {model.config.sam_variant} has prompt dim "
                         f"{model.projector.out_dim}")
@@ -450,7 +462,7 @@ def official_config(model: "EvfSam", torch_dtype: torch.dtype) -> dict[str, Any]
         "model_type": "evf",
         "sam_scale": sam_scale,
         "mm_extractor_scale": enc_scale,
-        "hidden_size": model.projector.in_dim,
+        "hidden_size": _hidden_size(model),
         "out_dim": model.projector.out_dim,
         "bos_token_id": 0,
         "eos_token_id": 2,
@@ -461,6 +473,8 @@ def official_config(model: "EvfSam", torch_dtype: torch.dtype) -> dict[str, Any]
     }
     ours = dataclasses.asdict(c)
     cfg.update({k: ours[k] for k in ("sam_variant", "encoder", "encoder_overrides", "multimask_output")})
+    if not c.is_official_encoder():  # ablation points only; official exports keep the official schema
+        cfg.update({k: ours[k] for k in ("fusion", "feature", "fused_layers", "encoder_path")})
     return cfg
 
 

@@ -39,11 +39,21 @@ class EvfSamConfig:
     encoder_overrides: dict[str, Any] = field(default_factory=dict)  # BEiT3Config field overrides (tiny, fused_layers)
     out_dim: int | None = None  # projector output = SAM prompt embed dim; None = derive from SAM (256 for vit_*)
     multimask_output: bool = False  # default of decode_masks: True keeps the best of 3 masks by predicted IoU
+    # Ablation axes (paper Tab. 1, 3, 5); the defaults are the official model.
+    fusion: str = "early"  # "text" | "late" | "early" | "early_k" (see models/encoders.py)
+    feature: str | None = None  # "image_cls" | "text_cls" | "image_avg" | "concat"; None = the fusion's default
+    fused_layers: int | None = None  # K for fusion="early_k": cross-modal attention in layers 1..K only
+    encoder_path: str | None = None  # CLIP / ViLT: local transformers directory with pretrained weights
 
     def __post_init__(self) -> None:
         if self.sam_variant not in SAM_CONFIGS:
             raise ValueError(f"unknown sam_variant {self.sam_variant!r}; choose one of {', '.join(SAM_CONFIGS)}")
         self.encoder_overrides = dict(self.encoder_overrides or {})
+
+    def is_official_encoder(self) -> bool:
+        """True for the paper's model: BEiT-3, early fusion in every layer, vision [CLS] feature."""
+        return (self.encoder.startswith("beit3") and self.fusion == "early" and self.feature in (None, "image_cls")
+                and self.fused_layers is None and self.encoder_path is None)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -272,8 +282,18 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
     from evf_sam.models.beit3 import build_beit3, load_beit3_state_dict
 
     sam = build_sam(config.sam_variant, sam_checkpoint)
-    encoder = build_beit3(config.encoder, **config.encoder_overrides)
+    if config.is_official_encoder():
+        encoder = build_beit3(config.encoder, **config.encoder_overrides)
+    else:  # an ablation point: other encoder, fusion or feature (raises ValueError on impossible combinations)
+        from evf_sam.models.encoders import build_prompt_encoder
+
+        encoder = build_prompt_encoder(config.encoder, fusion=config.fusion, feature=config.feature,
+                                       fused_layers=config.fused_layers, pretrained=config.encoder_path,
+                                       overrides=config.encoder_overrides)
     if encoder_checkpoint is not None:
+        if not config.encoder.startswith("beit3"):
+            raise ValueError(f"encoder_checkpoint is a BEiT-3 .pth, but encoder={config.encoder!r}; CLIP / ViLT "
+                             f"weights come from encoder_path (a local transformers directory)")
         if not Path(encoder_checkpoint).is_file():
             raise FileNotFoundError(f"BEiT-3 checkpoint not found: {str(encoder_checkpoint)!r} (expected a BEiT-3 "
                                     f".pth with the state dict under 'model', keys 'beit3.*')")
