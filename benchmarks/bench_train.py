@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Training throughput (samples/s) with and without the frozen-SAM embedding cache, side by side.
+
+    python benchmarks/bench_train.py --size tiny --steps 10            # CPU-friendly
+    python benchmarks/bench_train.py --size large --micro-batch 16 --precision bf16   # one GPU, random weights
+
+Sizes (random weights, random data: `data=random`): tiny (SAM tiny + beit3_tiny), base (SAM ViT-B +
+BEiT-3-B), large (SAM ViT-H + BEiT-3-L, the paper's model). Each configuration runs the real trainer
+(DeepSpeed ZeRO-2, 1 process) in a subprocess; the first `--warmup` steps are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {
+    "tiny": ["model=tiny"],
+    # a tiny tokenizer stands in for BEiT-3's (text embedding 128 rows instead of 64010; negligible compute)
+    "base": ["model=evf_sam_base", "model.sam_variant=vit_b", "model.tokenizer=null", "model.make_tiny_tokenizer=true"],
+    "large": ["model=evf_sam_large", "model.tokenizer=null", "model.make_tiny_tokenizer=true"],
+}
+
+
+def run(size: str, cache: bool, args, work: Path) -> list[float]:
+    run_dir = work / f"{size}_{'cache' if cache else 'nocache'}"
+    ov = [*SIZES[size], "data=random", "logger=none", f"run_dir={run_dir}", "resume=none",
+          f"trainer.total_steps={args.steps + args.warmup}", f"trainer.micro_batch_size={args.micro_batch}",
+          f"trainer.grad_accum={args.grad_accum}", f"trainer.precision={args.precision}",
+          f"trainer.device={args.device}", "trainer.ckpt_every=-1", "trainer.val_every=0", "trainer.val_at_end=false",
+          "trainer.progress_bar=false", f"data.num_images={args.num_images}", f"data.num_workers={args.workers}"]
+    if cache:
+        ov.append(f"data.embedding_cache={work / 'cache'}")
+    p = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *ov], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    if p.returncode != 0:
+        sys.exit(f"{size} cache={cache} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["samples_per_s"] for r in recs if r["type"] == "train"][args.warmup:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=list(SIZES), default="tiny")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--num-images", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        res = {c: run(args.size, c, args, work) for c in (False, True)}
+    print(f"size={args.size} micro-batch={args.micro_batch} accumulation={args.grad_accum} "
+          f"precision={args.precision} steps={args.steps} (+{args.warmup} warm-up)")
+    print(f"{'step':>4}  {'no cache (samples/s)':>22}  {'cache (samples/s)':>18}")
+    for i, (a, b) in enumerate(zip(res[False], res[True])):
+        print(f"{i + args.warmup + 1:>4}  {a:>22.2f}  {b:>18.2f}")
+    ma, mb = statistics.median(res[False]), statistics.median(res[True])
+    print(f"{'med':>4}  {ma:>22.2f}  {mb:>18.2f}   speed-up x{mb / ma:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Cache of the frozen SAM image encoder's output per training image.
+
+The SAM image encoder is frozen and training applies no augmentation to the SAM branch, so its
+output for an image never changes during a run: compute it once, store it, reuse it.
+
+    cache = EmbeddingCache.open_or_build(root, model, image_ids, load_sam_image, device=dev)
+    emb = cache.get(batch.image_ids)            # (B, C, h, w) float32, replaces model.encode_image
+
+Layout (one directory per key under ``root``)::
+
+    root/<key>/embeddings.npy   np.memmap (.npy header), (num_images, C, h, w), float16 by default
+    root/<key>/index.json       {"key", "image_ids", "shape", "dtype", "meta", "complete": true}
+
+The key is a hash of the SAM image-encoder weights (names, shapes, dtypes, bytes) and of the
+preprocessing parameters (input size, pixel mean / std, resize rule, storage dtype): changed
+weights or preprocessing give a new key, so a stale cache is never read; it is rebuilt beside.
+
+Building is shared by the ranks: rank 0 creates ``root/<key>.tmp-<nonce>/embeddings.npy`` at full
+size, every rank fills the rows ``i % world == rank``, then rank 0 writes index.json and renames the
+directory to ``root/<key>`` (atomic on one file system). A crash mid-build leaves only a ``.tmp-``
+directory, which is never read. Multi-node runs need ``root`` on a shared file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from evf_sam.engine import distributed as D
+
+__all__ = ["EmbeddingCache", "cache_key", "weights_hash"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor in ``module.state_dict()``, sorted by name."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(model: nn.Module, *, dtype: str = "float16", preprocess: dict | None = None) -> tuple[str, dict]:
+    """(key, meta) for ``model`` (an EvfSam): SAM image-encoder weights + preprocessing parameters."""
+    sam = model.sam
+    meta = {
+        "format": FORMAT_VERSION,
+        "image_size": int(sam.image_encoder.img_size),
+        "pixel_mean": [round(float(x), 6) for x in sam.pixel_mean.flatten().tolist()],
+        "pixel_std": [round(float(x), 6) for x in sam.pixel_std.flatten().tolist()],
+        "preprocess": dict(preprocess or {"resize": "longest_side", "pad": "bottom_right_zero"}),
+        "dtype": dtype,
+        "weights_sha256": weights_hash(sam.image_encoder),
+    }
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
+    return key, meta
+
+
+class EmbeddingCache:
+    """A finished cache directory, memory-mapped read-only."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        index = json.loads((self.path / "index.json").read_text())
+        if not index.get("complete"):
+            raise RuntimeError(f"embedding cache {self.path} is not complete")
+        self.key: str = index["key"]
+        self.meta: dict = index["meta"]
+        self.image_ids: list[int] = [int(i) for i in index["image_ids"]]
+        self.row = {iid: r for r, iid in enumerate(self.image_ids)}
+        self.array = np.load(self.path / "embeddings.npy", mmap_mode="r")  # (M, C, h, w)
+        if list(self.array.shape) != [len(self.image_ids), *index["shape"]]:
+            raise RuntimeError(f"embedding cache {self.path}: array shape {self.array.shape} does not match "
+                               f"index.json ({len(self.image_ids)} images x {index['shape']})")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __contains__(self, image_id: int) -> bool:
+        return int(image_id) in self.row
+
+    def get(self, image_ids: Sequence[int], device: torch.device | str = "cpu",
+            dtype: torch.dtype = torch.float32) -> Tensor:
+        """(B,) REFER image ids -> (B, C, h, w) embeddings on ``device`` in ``dtype``."""
+        try:
+            rows = [self.row[int(i)] for i in image_ids]
+        except KeyError as e:
+            raise KeyError(f"image id {e.args[0]} is not in the embedding cache {self.path}") from None
+        arr = np.stack([self.array[r] for r in rows])
+        return torch.from_numpy(arr).to(device=device, dtype=dtype, non_blocking=True)
+
+    # -- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def open_or_build(cls, root: str | Path, model: nn.Module, image_ids: Sequence[int],
+                      load_sam_image: Callable[[int], Tensor], *, device: torch.device | str = "cpu",
+                      batch_size: int = 8, dtype: str = "float16",
+                      autocast_dtype: torch.dtype | None = None, preprocess: dict | None = None) -> "EmbeddingCache":
+        """Opens ``root/<key>`` if complete and covering ``image_ids``; else builds it (all ranks call this).
+
+        load_sam_image: image id -> (3, S, S) float32 SAM-preprocessed image.
+        """
+        if dtype not in _DTYPES:
+            raise ValueError(f"embedding cache dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        root = Path(root)
+        key, meta = cache_key(model, dtype=dtype, preprocess=preprocess) if D.is_main() else (None, None)
+        key, meta = D.broadcast_object((key, meta))
+        final = root / key
+        wanted = sorted({int(i) for i in image_ids})
+        reuse = False
+        if D.is_main() and (final / "index.json").is_file():
+            try:
+                have = cls(final)
+                reuse = have.meta == meta and set(wanted) <= set(have.image_ids)
+                if not reuse:
+                    logger.info("embedding cache %s does not cover this run's images; rebuilding", final)
+            except Exception as e:  # unreadable: rebuild
+                logger.warning("embedding cache %s unreadable (%s); rebuilding", final, e)
+        if D.broadcast_object(reuse):
+            logger.info("embedding cache: reusing %s (%d images)", final, len(wanted))
+            return cls(final)
+
+        # Build: rank 0 allocates, every rank fills its rows, rank 0 finalises.
+        enc = model.sam.image_encoder
+        s = int(enc.img_size)
+        tmp = None
+        if D.is_main():
+            root.mkdir(parents=True, exist_ok=True)
+            with torch.no_grad():
+                probe = enc(torch.zeros(1, 3, s, s, device=device, dtype=next(enc.parameters()).dtype))
+            shape = list(probe.shape[1:])
+            tmp = root / f"{key}.tmp-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=_DTYPES[dtype],
+                                      shape=(len(wanted), *shape)).flush()
+            logger.info("embedding cache: building %s for %d images (%s, %s)", final, len(wanted), shape, dtype)
+        tmp = Path(D.broadcast_object(str(tmp) if tmp else None))
+        D.barrier()
+        arr = np.load(tmp / "embeddings.npy", mmap_mode="r+")
+        mine = list(range(D.rank(), len(wanted), D.world_size()))
+        was_training = enc.training
+        enc.eval()
+        with torch.no_grad():
+            for start in range(0, len(mine), batch_size):
+                rows = mine[start:start + batch_size]
+                x = torch.stack([load_sam_image(wanted[r]) for r in rows]).to(device)
+                if autocast_dtype is not None and torch.device(device).type == "cuda":
+                    with torch.autocast("cuda", dtype=autocast_dtype):
+                        emb = enc(x)
+                else:
+                    emb = enc(x.to(next(enc.parameters()).dtype))
+                arr[rows] = emb.float().cpu().numpy().astype(_DTYPES[dtype])
+        enc.train(was_training)
+        arr.flush()
+        del arr
+        D.barrier()
+        if D.is_main():
+            index = {"key": key, "image_ids": wanted, "shape": shape, "dtype": dtype, "meta": meta,
+                     "complete": True}
+            with open(tmp / "index.json", "w") as f:
+                json.dump(index, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if final.exists():  # an older (e.g. smaller) cache under the same key: replace it
+                old = root / f"{key}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            logger.info("embedding cache: wrote %s", final)
+        D.barrier()
+        return cls(final)
