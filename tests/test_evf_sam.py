@@ -219,3 +219,29 @@ def test_input_shape_errors(model):
 def test_tiny_sizes_are_registered():
     tiny = SAM_CONFIGS["tiny"]
     assert tiny.image_size == 256 and tiny.image_size // tiny.patch_size == 16 and tiny.prompt_embed_dim == 32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_decode_runs_and_tracks_fp32(dtype):
+    """SAM's random-PE matrix stays fp32 under .to(dtype), so decode works in bf16/fp16."""
+    from evf_sam.testing import build_tiny_model, tiny_inputs
+
+    model = build_tiny_model(seed=0)
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        ref, _ = model(**inputs)
+        model.to(dtype)
+        assert model.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.float32
+        assert model.projector.fc1.weight.dtype == dtype
+        if dtype == torch.float16:  # CPU fp16 conv is not implemented everywhere: decode only
+            emb = model.to(torch.float32).encode_image(inputs["sam_images"])
+            model.to(dtype)
+            prompts = model.encode_prompts(inputs["beit_images"][inputs["image_index"]].to(dtype),
+                                           inputs["text_ids"], inputs["text_padding_mask"])
+            low, _ = model.decode_masks(emb.to(dtype), prompts, inputs["image_index"])
+        else:
+            cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+            low, _ = model(**cast)
+    assert low.dtype == dtype
+    assert torch.isfinite(low.float()).all()
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.05

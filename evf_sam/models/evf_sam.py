@@ -95,6 +95,19 @@ class EvfSam(nn.Module):
         self.sam = sam
         self.config = config
 
+    def _apply(self, fn, recurse: bool = True):
+        """Dtype/device moves keep SAM's random positional-encoding matrix in float32.
+
+        segment-anything's ``PositionEmbeddingRandom`` builds its coordinate grid in float32 and
+        multiplies it by this (2, C/2) buffer, which fails once the buffer is bf16/fp16. The official
+        fp16 inference has the same constraint; the dense PE is cast to the model dtype in
+        `decode_masks`, so keeping this one small buffer in float32 changes no arithmetic.
+        """
+        super()._apply(fn, recurse)
+        pe = self.sam.prompt_encoder.pe_layer
+        pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
+        return self
+
     # -- sizes --------------------------------------------------------------------------------
 
     @property
@@ -255,7 +268,9 @@ class EvfSam(nn.Module):
         """Loads an official EVF-SAM directory (or one written by `save_pretrained`), strictly."""
         from evf_sam.models.checkpoint import load_pretrained
 
-        return load_pretrained(path, dtype=dtype, device=device)
+        model = load_pretrained(path, dtype=dtype, device=device)
+        model.source_dir = Path(path)  # where EvfSamPredictor finds the tokenizer files
+        return model
 
     def save_pretrained(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
         """Writes model.safetensors (official names) + config.json (+ tokenizer files), atomically."""

@@ -1,0 +1,124 @@
+"""Evaluation dataset: one item per image with every expression of its refs in a REFER split.
+
+    ds = build_eval_dataset(root, "refcoco", "unc", "val", sam_size=1024, beit_size=224)
+    item = ds[0]      # EvalItem: sam_image (3, S, S), beit_image (3, 224, 224), sentences [N],
+                      # gt_masks (N, H, W) bool at the original size, ref_ids / sent_ids [N], sizes
+    shard = ds.shard(rank, world_size)   # images rank, rank + W, ... (no padding, no duplicates)
+
+Sentences are lower-cased and stripped (the official evaluation); empty ones are dropped. Images
+are ordered by id; ``max_images`` keeps the first ``max_images`` of that order (before sharding,
+so every world size evaluates the same images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from evf_sam.data.refer import ReferDataset
+
+__all__ = ["EvalItem", "ReferEvalDataset", "build_eval_dataset"]
+
+
+@dataclass
+class EvalItem:
+    image_id: int
+    image_path: str
+    sam_image: Tensor  # (3, S, S) float32, SAM-normalised and zero-padded
+    beit_image: Tensor  # (3, b, b) float32, BEiT-3 input
+    input_size: tuple[int, int]  # (h', w') resized before padding
+    original_size: tuple[int, int]  # (H, W)
+    sentences: list[str]  # (N,) lower-cased, stripped
+    gt_masks: Tensor  # (N, H, W) bool, one per sentence (sentences of one ref share the mask)
+    ref_ids: list[int]  # (N,)
+    sent_ids: list[int]  # (N,)
+
+
+class ReferEvalDataset(Dataset):
+    """All expressions of one REFER split, grouped by image.
+
+    ``entries``: [(image_id, [(ref_id, ann_id, sent_id, sentence), ...])] in image-id order.
+    """
+
+    def __init__(self, root: str | Path, dataset: str, split_by: str, split: str, *, sam_size: int = 1024,
+                 beit_size: int = 224, max_images: int | None = None, reader: ReferDataset | None = None):
+        self.reader = reader if reader is not None else ReferDataset(root, dataset, split_by)
+        self.dataset, self.split_by, self.split = dataset, split_by, split
+        self.sam_size, self.beit_size = int(sam_size), int(beit_size)
+        per_image: dict[int, list[tuple[int, int, int, str]]] = {}
+        for ref in sorted(self.reader.split_refs(split), key=lambda r: int(r["ref_id"])):
+            for k, s in enumerate(ref["sentences"]):
+                text = str(s.get("sent", s.get("raw", ""))).strip().lower()
+                if text:
+                    sid = int(s.get("sent_id", k))
+                    per_image.setdefault(int(ref["image_id"]), []).append(
+                        (int(ref["ref_id"]), int(ref["ann_id"]), sid, text))
+        entries = sorted(per_image.items())
+        if max_images is not None:
+            entries = entries[:int(max_images)]
+        self.entries: list[tuple[int, list[tuple[int, int, int, str]]]] = entries
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}|{self.split_by}|{self.split}"
+
+    @property
+    def num_expressions(self) -> int:
+        return sum(len(e) for _, e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"ReferEvalDataset({self.name}: {len(self)} images, {self.num_expressions} expressions)"
+
+    def _view(self, entries: Sequence) -> "ReferEvalDataset":
+        new = object.__new__(ReferEvalDataset)
+        new.__dict__.update(self.__dict__)
+        new.entries = list(entries)
+        return new
+
+    def subset(self, max_images: int | None) -> "ReferEvalDataset":
+        """The first ``max_images`` images (all if None)."""
+        return self if max_images is None else self._view(self.entries[:int(max_images)])
+
+    def shard(self, rank: int, world_size: int) -> "ReferEvalDataset":
+        """Images ``rank, rank + world_size, ...``: disjoint, together exactly the whole split."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        return self._view(self.entries[rank::world_size])
+
+    def __getitem__(self, index: int) -> EvalItem:
+        from evf_sam.preprocess import beit3_preprocess, load_image, sam_preprocess
+
+        image_id, exprs = self.entries[index]
+        path = self.reader.image_path(image_id)
+        image = load_image(path)
+        h, w = image.shape[:2]
+        meta = self.reader.images[image_id]
+        if (int(meta["height"]), int(meta["width"])) != (h, w):
+            raise ValueError(f"{path}: image is {h}x{w} but instances.json says {meta['height']}x{meta['width']}")
+        sam, input_size = sam_preprocess(image, self.sam_size)
+        masks: dict[int, np.ndarray] = {}
+        for _, ann_id, _, _ in exprs:
+            if ann_id not in masks:
+                masks[ann_id] = self.reader.annotation_mask(ann_id)
+        gt = torch.from_numpy(np.stack([masks[a] for _, a, _, _ in exprs]).astype(bool))  # (N, H, W)
+        return EvalItem(image_id=image_id, image_path=str(path), sam_image=sam,
+                        beit_image=beit3_preprocess(image, self.beit_size),
+                        input_size=(int(input_size[0]), int(input_size[1])), original_size=(h, w),
+                        sentences=[t for *_, t in exprs], gt_masks=gt, ref_ids=[r for r, *_ in exprs],
+                        sent_ids=[s for _, _, s, _ in exprs])
+
+
+def build_eval_dataset(root: str | Path, dataset: str, split_by: str, split: str, *, sam_size: int = 1024,
+                       beit_size: int = 224, max_images: int | None = None) -> ReferEvalDataset:
+    """`ReferEvalDataset` for ``dataset|split_by|split`` (raises naming the file / split when missing)."""
+    return ReferEvalDataset(root, dataset, split_by, split, sam_size=sam_size, beit_size=beit_size,
+                            max_images=max_images)

@@ -1,0 +1,181 @@
+"""Text-prompted segmentation of one image with many prompts: encode the image once, then run all
+prompts through BEiT-3 and SAM's mask decoder as one batch.
+
+    predictor = EvfSamPredictor.from_pretrained("evf-sam", dtype=torch.bfloat16, device="cuda")
+    predictor.set_image("dog.jpg")                      # SAM image embedding, once
+    pred = predictor.predict(["the dog on the left", "the red ball"])
+    pred.masks        # (2, H, W) bool, original image size
+    pred.logits       # (2, H, W) float32 (masks == logits > 0)
+    pred.scores       # (2,) float32: SAM's predicted IoU of each mask
+
+Equivalent to the official EVF-SAM inference run once per prompt (same preprocessing, prompt
+wiring and post-processing), up to floating-point reordering from batching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from evf_sam.models.evf_sam import EvfSam
+from evf_sam.preprocess import beit3_preprocess, load_image, sam_preprocess
+
+__all__ = ["EvfSamPredictor", "Prediction"]
+
+
+@dataclass
+class Prediction:
+    """Masks for N prompts on one image, at the image's original size (H, W), on CPU."""
+
+    masks: Tensor  # (N, H, W) bool = logits > 0
+    logits: Tensor  # (N, H, W) float32 mask logits
+    scores: Tensor  # (N,) float32: predicted IoU of each mask
+    prompts: list[str]  # (N,) the prompts as used (stripped)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+class EvfSamPredictor:
+    """Holds an `EvfSam`, its tokenizer and the current image's SAM embedding.
+
+    Args:
+        model: an `EvfSam` in any dtype (float32 / bfloat16 / float16) on any device; inputs are
+            cast to the model's dtype and device, outputs are float32 on CPU.
+        tokenizer: a tokenizer object, a directory to load it from (the checkpoint directory holds
+            the official tokenizer files), or None to use the directory the model was loaded from
+            (``model.source_dir`` / ``model.name_or_path`` if the model carries one) and, for
+            CLIP / ViLT ablation encoders, ``model.config.encoder_path``. `from_pretrained` loads
+            both from one directory.
+    """
+
+    def __init__(self, model: EvfSam, tokenizer: Any = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = _resolve_tokenizer(model, tokenizer)
+        _keep_pe_float32(model)
+        self.reset_image()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> "EvfSamPredictor":
+        """Model (`EvfSam.from_pretrained`) and tokenizer from one checkpoint directory."""
+        model = EvfSam.from_pretrained(path, dtype=dtype, device=device)
+        return cls(model, tokenizer=path)
+
+    # -- image -------------------------------------------------------------------------------
+
+    def reset_image(self) -> None:
+        self._embedding: Tensor | None = None  # (1, C, h, w) in the model's dtype
+        self._beit_image: Tensor | None = None  # (1, 3, 224, 224)
+        self.input_size: tuple[int, int] | None = None  # resized (h, w) before padding
+        self.original_size: tuple[int, int] | None = None  # (H, W)
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @torch.inference_mode()
+    def set_image(self, image: str | Path | np.ndarray | Any) -> None:
+        """Reads the image (path / PIL / array, see `load_image`), computes its SAM image
+        embedding (at ``model.sam_image_size``) and its BEiT-3 input (at ``model.beit_image_size``)."""
+        m = self.model
+        rgb = load_image(image)
+        sam_x, input_size = sam_preprocess(rgb, m.sam_image_size)  # (3, S, S), (h, w)
+        beit_x = beit3_preprocess(rgb, m.beit_image_size)  # (3, 224, 224)
+        self.reset_image()
+        self._embedding = m.encode_image(sam_x[None].to(device=m.device, dtype=m.dtype))  # (1, C, h, w)
+        self._beit_image = beit_x[None].to(device=m.device, dtype=m.dtype)
+        self.input_size = input_size
+        self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict(self, prompts: str | Sequence[str], multimask_output: bool | None = None) -> Prediction:
+        """Masks for every prompt on the current image, in one batch.
+
+        Prompts are stripped of surrounding whitespace and otherwise used as given: the official
+        EVF-SAM inference does not lower-case them (its evaluation script does; lower-case them
+        yourself to match it). An empty prompt raises ValueError.
+
+        multimask_output: None = ``model.config.multimask_output`` (False for the official SAM-1
+            models); True keeps the best of SAM's 3 masks by predicted IoU.
+        """
+        if not self.is_image_set:
+            raise RuntimeError("no image set: call predictor.set_image(image) before predict(prompts)")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = [p.strip() if isinstance(p, str) else p for p in prompts]
+        if not prompts:
+            raise ValueError("predict needs at least one prompt")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompt {i} is a {type(p).__name__}, not a string")
+            if not p:
+                raise ValueError(f"prompt {i} is empty; every prompt needs text")
+        m = self.model
+        ids, pad = _tokenize(m, self.tokenizer, prompts)  # (N, T), (N, T)
+        n = len(prompts)
+        ids, pad = ids.to(m.device), pad.to(m.device)
+        beit = self._beit_image.expand(n, -1, -1, -1)  # (N, 3, 224, 224) view
+        prompt_emb = m.encode_prompts(beit, ids, pad)  # (N, 1, C)
+        image_index = torch.zeros(n, dtype=torch.long, device=m.device)
+        low_res, iou = m.decode_masks(self._embedding, prompt_emb, image_index, multimask_output)  # (N,1,4h,4w), (N,1)
+        # Upsample in float32 (the official code stays in the model dtype; float32 only removes rounding).
+        logits = m.postprocess_masks(low_res.float(), self.input_size, self.original_size)  # (N, 1, H, W)
+        logits = logits[:, 0].float().cpu()  # (N, H, W)
+        return Prediction(masks=logits > 0, logits=logits, scores=iou[:, 0].float().cpu(), prompts=list(prompts))
+
+    def __call__(self, image, prompts: str | Sequence[str], multimask_output: bool | None = None) -> Prediction:
+        """set_image(image) + predict(prompts)."""
+        self.set_image(image)
+        return self.predict(prompts, multimask_output)
+
+
+def _keep_pe_float32(model: EvfSam) -> None:
+    """segment-anything's ``PositionEmbeddingRandom`` builds its grid in float32 and multiplies it with
+    its Gaussian matrix, which fails once the model is cast to bfloat16 / float16. Keeping that one
+    (1 x C/2 x 2) buffer in float32 makes the dense positional encoding float32 (``decode_masks``
+    casts it to the model dtype). TODO(lead): move this into EvfSam / load_pretrained."""
+    pe = getattr(getattr(getattr(model, "sam", None), "prompt_encoder", None), "pe_layer", None)
+    mat = getattr(pe, "positional_encoding_gaussian_matrix", None)
+    if isinstance(mat, Tensor) and mat.dtype != torch.float32:
+        pe.positional_encoding_gaussian_matrix = mat.float()
+
+
+def _encoder_name(model: EvfSam) -> str:
+    return getattr(getattr(model, "config", None), "encoder", "beit3_large")
+
+
+def _resolve_tokenizer(model: EvfSam, tokenizer: Any):
+    if tokenizer is None:
+        for attr in ("source_dir", "name_or_path", "path"):
+            if getattr(model, attr, None):
+                tokenizer = getattr(model, attr)
+                break
+        else:
+            from evf_sam.models.encoders import encoder_kind
+
+            enc_path = getattr(model.config, "encoder_path", None)
+            if enc_path and encoder_kind(_encoder_name(model)) != "beit3":
+                tokenizer = enc_path
+    if tokenizer is None:
+        raise ValueError("EvfSamPredictor needs a tokenizer: pass tokenizer=<checkpoint dir> (the directory "
+                         "with sentencepiece.bpe.model) or a loaded tokenizer, or use "
+                         "EvfSamPredictor.from_pretrained(dir)")
+    if isinstance(tokenizer, (str, Path)):
+        from evf_sam.models.encoders import load_encoder_tokenizer
+
+        return load_encoder_tokenizer(_encoder_name(model), tokenizer)
+    return tokenizer
+
+
+def _tokenize(model: EvfSam, tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    from evf_sam.models.encoders import tokenize_for_encoder
+
+    return tokenize_for_encoder(_encoder_name(model), tokenizer, prompts, model.max_text_len)

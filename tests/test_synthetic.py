@@ -1,0 +1,193 @@
+"""Synthetic REFER data: exact layout, determinism, resolvable expressions, idempotence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evf_sam.data.refer import ReferDataset, refer_dir
+from evf_sam.data.synthetic import COLOURS, MANIFEST, make_synthetic_refer, synthetic_sentences
+
+SMALL = dict(num_train=4, num_val=3, num_test=4, image_size=64)
+
+
+def _files(root):
+    base = refer_dir(root)
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}  # the manifest records the root path
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    stats = make_synthetic_refer(root, seed=0, **SMALL)
+    return root, stats
+
+
+def test_layout_and_splits(syn):
+    root, stats = syn
+    base = refer_dir(root)
+    for d, b in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
+        assert (base / d / "instances.json").is_file() and (base / d / f"refs({b}).p").is_file()
+    imgs = sorted((base / "images/mscoco/images/train2014").iterdir())
+    assert len(imgs) == 11 and all(p.name.startswith("COCO_train2014_") and len(p.stem) == 27 for p in imgs)
+    assert ReferDataset(root, "refcoco", "unc").splits == ["train", "val", "testA", "testB"]
+    assert ReferDataset(root, "refcoco+", "unc").splits == ["train", "val", "testA", "testB"]
+    g = ReferDataset(root, "refcocog", "umd")
+    assert g.splits == ["train", "val", "test"]
+    split_images = [set(g.image_ids(s)) for s in g.splits]
+    assert sum(map(len, split_images)) == len(set().union(*split_images)) == 11  # disjoint, all images
+    assert stats["datasets"]["refcoco|unc"]["val"]["images"] == 3
+
+
+def test_expressions_resolvable_by_colour(syn):
+    """Every sentence names its object's colour; colours are distinct within an image; the pixels
+    under the ground-truth mask have that colour (checked on the decoded JPEG)."""
+    root, _ = syn
+    for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
+        r = ReferDataset(root, dataset, split_by)
+        by_image: dict[int, list[str]] = {}
+        for ref in r.refs:
+            words = set()
+            for s in ref["sentences"]:
+                named = [c for c in COLOURS if c in s["sent"].split()]
+                assert len(named) == 1, (dataset, s["sent"])
+                words.add(named[0])
+                assert s["sent"] == s["sent"].strip().lower() or dataset == "refcocog"
+            assert len(words) == 1
+            colour = words.pop()
+            by_image.setdefault(ref["image_id"], []).append(colour)
+            image = np.asarray(Image.open(r.image_path(ref["image_id"], must_exist=True)).convert("RGB"))
+            mask = r.annotation_mask(ref["ann_id"]).astype(bool)
+            assert mask.shape == image.shape[:2] and mask.sum() >= 50
+            inner = image[mask].astype(float).mean(0)
+            nearest = min(COLOURS, key=lambda c: np.abs(np.array(COLOURS[c]) - inner).sum())
+            assert nearest == colour
+        for colours in by_image.values():
+            assert len(colours) == len(set(colours)) >= 2
+
+
+def test_masks_disjoint_and_all_segmentation_kinds(syn):
+    root, _ = syn
+    r = ReferDataset(root, "refcoco", "unc")
+    kinds = set()
+    for image_id in r.image_ids():
+        anns = [a for a in r.annotations.values() if a["image_id"] == image_id]
+        total = sum(r.annotation_mask(a["id"]).astype(int) for a in anns)
+        assert total.max() == 1  # non-overlapping objects
+        for a in anns:
+            seg = a["segmentation"]
+            kinds.add("polygon" if isinstance(seg, list) else
+                      "rle_list" if isinstance(seg["counts"], list) else "rle_str")
+    assert kinds == {"polygon", "rle_list", "rle_str"}
+
+
+def test_vocabulary_covers_sentences(syn):
+    root, _ = syn
+    vocab = set(synthetic_sentences())
+    written = (refer_dir(root) / "sentences.txt").read_text().split("\n")
+    assert {s for s in written if s} <= vocab
+    for d, b in (("refcoco", "unc"), ("refcocog", "umd")):
+        assert {s["sent"] for s in ReferDataset(root, d, b).sentences()} <= vocab
+
+
+def test_deterministic(tmp_path, syn):
+    root0, _ = syn
+    make_synthetic_refer(tmp_path / "a", seed=0, **SMALL)
+    assert _files(tmp_path / "a") == _files(root0)  # same bytes (images, json, pickles, manifest aside)
+    make_synthetic_refer(tmp_path / "b", seed=1, **SMALL)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert a.keys() == b.keys() and a["refcoco/instances.json"] != b["refcoco/instances.json"]
+
+
+def test_idempotent_and_rebuilds_partial(tmp_path, monkeypatch):
+    import evf_sam.data.synthetic as synthetic
+
+    root = tmp_path / "d"
+    s1 = make_synthetic_refer(root, seed=3, **SMALL)
+    assert s1["reused"] is False
+    base = refer_dir(root)
+    probe = base / "refcoco" / "instances.json"
+    t0 = probe.stat().st_mtime_ns
+    s2 = make_synthetic_refer(root, seed=3, **SMALL)
+    assert s2["reused"] is True and probe.stat().st_mtime_ns == t0
+    # a half-written dataset (the completion manifest is written last) is detected and rebuilt
+    real_write = synthetic.write_refer
+
+    def crash_on_refcocog(root_, dataset, *args, **kwargs):
+        if dataset == "refcocog":
+            raise KeyboardInterrupt("simulated crash")
+        return real_write(root_, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "write_refer", crash_on_refcocog)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic_refer(root, seed=5, **SMALL)
+    monkeypatch.setattr(synthetic, "write_refer", real_write)
+    assert not (base / MANIFEST).exists()
+    os.remove(base / "refcoco+" / "refs(unc).p")
+    s3 = make_synthetic_refer(root, seed=5, **SMALL)
+    assert s3["reused"] is False and (base / "refcoco+" / "refs(unc).p").is_file() and (base / MANIFEST).is_file()
+    # different parameters: rebuilt
+    s4 = make_synthetic_refer(root, seed=4, **SMALL)
+    assert s4["reused"] is False
+    assert json.loads((base / MANIFEST).read_text())["params"]["seed"] == 4
+
+
+def test_refuses_to_overwrite_foreign_refer_root(tmp_path):
+    (tmp_path / "refer_seg" / "refcoco").mkdir(parents=True)
+    (tmp_path / "refer_seg" / "refcoco" / "instances.json").write_text("{}")
+    with pytest.raises(FileExistsError):
+        make_synthetic_refer(tmp_path, seed=0, **SMALL)
+    assert (tmp_path / "refer_seg" / "refcoco" / "instances.json").read_text() == "{}"
+
+
+def test_cli(tmp_path, capsys):
+    from evf_sam.data.synthetic import main
+
+    assert main(["--root", str(tmp_path), "--num-train", "2", "--num-val", "1", "--num-test", "2",
+                 "--image-size", "48"]) == 0
+    assert "refcoco|unc" in capsys.readouterr().out
+    assert ReferDataset(tmp_path, "refcoco", "unc").splits == ["train", "val", "testA", "testB"]
+
+
+def test_task_knobs(tmp_path):
+    from evf_sam.data.synthetic import SHAPES
+
+    root = tmp_path / "k"
+    make_synthetic_refer(root, seed=0, num_train=6, num_val=1, num_test=2, image_size=64, max_objects=3,
+                         colours=["red", "green", "blue"], shapes=["circle", "square"], difficulty="hard")
+    r = ReferDataset(root, "refcoco", "unc")
+    vocab = set(synthetic_sentences())
+    colourless = 0
+    for ref in r.refs:
+        ann = r.annotations[ref["ann_id"]]
+        shape = SHAPES[ann["category_id"] - 1]
+        assert shape in ("circle", "square")
+        same_image = [a for a in r.annotations.values() if a["image_id"] == ref["image_id"]]
+        shape_unique = sum(a["category_id"] == ann["category_id"] for a in same_image) == 1
+        for s in ref["sentences"]:
+            words = s["sent"].split()
+            assert s["sent"] in vocab
+            assert not set(words) & (set(COLOURS) - {"red", "green", "blue"})
+            if not set(words) & set(COLOURS):  # colour-free: must still single the object out
+                colourless += 1
+                if s["sent"] in (shape, f"the {shape}"):
+                    assert shape_unique
+    assert colourless > 0
+
+    make_synthetic_refer(tmp_path / "c", seed=0, num_train=3, num_val=1, num_test=2, image_size=64,
+                         difficulty="colour_only")
+    for s in ReferDataset(tmp_path / "c", "refcoco+", "unc").sentences():
+        w = s["sent"].split()
+        assert len(w) <= 3 and w[-1] in (*SHAPES, "one", *COLOURS)
+
+    with pytest.raises(ValueError, match="colours"):
+        make_synthetic_refer(tmp_path / "x", colours=["red", "mauve"])
+    with pytest.raises(ValueError, match="max_objects"):
+        make_synthetic_refer(tmp_path / "x", colours=["red", "green"], max_objects=3)
+    with pytest.raises(ValueError, match="difficulty"):
+        make_synthetic_refer(tmp_path / "x", difficulty="nightmare")
