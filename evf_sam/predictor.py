@@ -57,7 +57,6 @@ class EvfSamPredictor:
     def __init__(self, model: EvfSam, tokenizer: Any = None) -> None:
         self.model = model.eval()
         self.tokenizer = _resolve_tokenizer(model, tokenizer)
-        _keep_pe_float32(model)
         self.reset_image()
 
     @classmethod
@@ -135,17 +134,6 @@ class EvfSamPredictor:
         """set_image(image) + predict(prompts)."""
         self.set_image(image)
         return self.predict(prompts, multimask_output)
-
-
-def _keep_pe_float32(model: EvfSam) -> None:
-    """segment-anything's ``PositionEmbeddingRandom`` builds its grid in float32 and multiplies it with
-    its Gaussian matrix, which fails once the model is cast to bfloat16 / float16. Keeping that one
-    (1 x C/2 x 2) buffer in float32 makes the dense positional encoding float32 (``decode_masks``
-    casts it to the model dtype). TODO(lead): move this into EvfSam / load_pretrained."""
-    pe = getattr(getattr(getattr(model, "sam", None), "prompt_encoder", None), "pe_layer", None)
-    mat = getattr(pe, "positional_encoding_gaussian_matrix", None)
-    if isinstance(mat, Tensor) and mat.dtype != torch.float32:
-        pe.positional_encoding_gaussian_matrix = mat.float()
 
 
 def _encoder_name(model: EvfSam) -> str:

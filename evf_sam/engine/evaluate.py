@@ -71,7 +71,6 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     save_dir = Path(save_masks_dir) if save_masks_dir else None
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
-    _keep_pe_float32(model)
     model_dtype = getattr(model, "dtype", dtype)
     # weights already in ``dtype`` (the official eval): inputs follow; fp32 weights + a low-precision
     # ``dtype`` on CUDA (training-time validation): autocast
@@ -122,16 +121,6 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     if world_size > 1 and dist_on:
         metrics.all_reduce(device if dist.get_backend() == "nccl" else "cpu")
     return metrics.compute()
-
-
-def _keep_pe_float32(model) -> None:
-    """segment-anything's dense positional encoding multiplies a float32 grid with its Gaussian matrix,
-    which fails once the model is cast to bf16 / fp16: keep that (1 x C/2 x 2) buffer in float32
-    (same workaround as evf_sam.predictor; TODO(lead): move into EvfSam / load_pretrained)."""
-    pe = getattr(getattr(getattr(model, "sam", None), "prompt_encoder", None), "pe_layer", None)
-    mat = getattr(pe, "positional_encoding_gaussian_matrix", None)
-    if isinstance(mat, torch.Tensor) and mat.dtype != torch.float32:
-        pe.positional_encoding_gaussian_matrix = mat.float()
 
 
 def _save_masks(save_dir: Path, item, pred: torch.Tensor) -> None:

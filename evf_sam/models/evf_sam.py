@@ -104,9 +104,12 @@ class EvfSam(nn.Module):
         `decode_masks`, so keeping this one small buffer in float32 changes no arithmetic.
         """
         super()._apply(fn, recurse)
+        self._keep_pe_float32()
+        return self
+
+    def _keep_pe_float32(self) -> None:
         pe = self.sam.prompt_encoder.pe_layer
         pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
-        return self
 
     # -- sizes --------------------------------------------------------------------------------
 
@@ -269,6 +272,7 @@ class EvfSam(nn.Module):
         from evf_sam.models.checkpoint import load_pretrained
 
         model = load_pretrained(path, dtype=dtype, device=device)
+        model._keep_pe_float32()  # the file's copy may be fp16 / bf16 (see _apply)
         model.source_dir = Path(path)  # where EvfSamPredictor finds the tokenizer files
         return model
 
