@@ -4,7 +4,7 @@
     stats = make_synthetic_refer("data/synthetic", seed=0, num_train=200, num_val=20, num_test=20)
 
 Scenes: grey background, 2-4 non-overlapping shapes (circle, square, triangle), each a distinct
-colour from {red, green, blue, yellow, purple, orange}, radius image_size/10 .. image_size/6.
+colour from {red, yellow, green, cyan, blue, magenta}, radius image_size/10 .. image_size/6.
 Every expression names its object's colour ("red", "the red circle", "the red one on the left",
 "the bigger red shape", ...), so the colour alone grounds it; shape / position / size words ride
 along as extra tokens. Because the colour is unique within an image, a model that segments the
@@ -44,10 +44,12 @@ __all__ = ["COLOURS", "DIFFICULTIES", "SHAPES", "make_synthetic_refer", "synthet
 
 MANIFEST = "_SYNTHETIC_DONE.json"
 _STARTED = "_SYNTHETIC_STARTED.json"
-_VERSION = 1
+_VERSION = 2
+# Six hues 60 degrees apart: a frozen, randomly initialised tiny SAM encoder separates them well
+# (with orange and purple, between red/yellow and blue/red, a tiny model confused the neighbours).
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
-    "yellow": (235, 220, 30), "purple": (140, 40, 180), "orange": (245, 140, 20),
+    "red": (220, 30, 30), "yellow": (235, 220, 30), "green": (30, 170, 40),
+    "cyan": (30, 200, 220), "blue": (30, 60, 220), "magenta": (220, 40, 200),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 _BACKGROUND = (128, 128, 128)

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -578,7 +576,7 @@ def _resolved_node(node) -> dict:
 def build_model_and_tokenizer(cfg, run_dir: Path):
     """(EvfSam, tokenizer, tokenizer_dir) from ``cfg.model``; a tiny tokenizer is trained for model=tiny."""
     from evf_sam.models.encoders import load_encoder_tokenizer
-    from evf_sam.models.evf_sam import EvfSam, EvfSamConfig, build_evf_sam
+    from evf_sam.models.evf_sam import EvfSam
 
     mc = cfg.model
     tok_dir = mc.get("tokenizer")
@@ -600,7 +598,20 @@ def build_model_and_tokenizer(cfg, run_dir: Path):
     tokenizer = load_encoder_tokenizer(str(mc.encoder), tok_dir)
     if mc.get("init_from"):
         model = EvfSam.from_pretrained(mc.init_from)
-        return model, tokenizer, Path(tok_dir)
+        model.sam.image_encoder.requires_grad_(False)
+    else:
+        model = _build_model(mc, tokenizer)
+    if mc.get("grad_checkpointing", False):
+        if not hasattr(model.encoder, "set_grad_checkpointing"):
+            raise ValueError(f"model.grad_checkpointing=true is not supported by encoder {mc.encoder!r} (BEiT-3 only)")
+        model.encoder.set_grad_checkpointing(True)
+    return model, tokenizer, Path(tok_dir)
+
+
+def _build_model(mc, tokenizer):
+    """A fresh EvfSam from ``cfg.model`` (SAM / BEiT-3 initialised from their .pth files if given)."""
+    from evf_sam.models.evf_sam import EvfSamConfig, build_evf_sam
+
     overrides = dict(_resolved_node(mc.get("encoder_overrides")) or {})
     if mc.get("make_tiny_tokenizer", False) and mc.get("tokenizer") is None:
         overrides.setdefault("vocab_size", len(tokenizer))
@@ -608,11 +619,8 @@ def build_model_and_tokenizer(cfg, run_dir: Path):
                           fusion=str(mc.get("fusion") or "early"), feature=mc.get("feature"),
                           fused_layers=mc.get("fused_layers"), encoder_path=mc.get("encoder_path"),
                           multimask_output=bool(mc.get("multimask_output", False)))
-    model = build_evf_sam(config, sam_checkpoint=mc.get("sam_checkpoint"),
-                          encoder_checkpoint=mc.get("encoder_checkpoint"))
-    if mc.get("grad_checkpointing", False) and hasattr(model.encoder, "config"):
-        model.encoder.config.grad_checkpointing = True
-    return model, tokenizer, Path(tok_dir)
+    return build_evf_sam(config, sam_checkpoint=mc.get("sam_checkpoint"),
+                         encoder_checkpoint=mc.get("encoder_checkpoint"))
 
 
 def _max_text_len(cfg, model) -> int:
@@ -638,8 +646,6 @@ def build_val_dataset(cfg, model):
     if vc is None:
         return None
     if cfg.data.kind == "random":
-        from evf_sam.data.train_dataset import RandomTrainDataset
-
         # held-out random images (ids beyond the training ones), fixed sentences per index
         return ("random", int(vc.get("num_images", 8)))
     from evf_sam.data.eval_dataset import build_eval_dataset

@@ -456,16 +456,10 @@ def load_beit3_state_dict(
     every key must belong to the model. Missing keys, unexpected keys and shape mismatches raise
     :class:`BEiT3LoadError` naming each of them; nothing is copied in that case.
     """
-    if isinstance(state_dict_or_path, (str, Path)):
-        obj = torch.load(str(state_dict_or_path), map_location="cpu", weights_only=True)
-    else:
-        obj = state_dict_or_path
-    for wrapper in ("model", "module"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"expected a state dict, got {type(obj).__name__}")
+    from evf_sam.models.state_dict import read_state_dict
+
+    obj = read_state_dict(state_dict_or_path, wrappers=("model", "module"), what="BEiT-3 checkpoint",
+                          expected="a BEiT-3 .pth with the state dict under 'model', keys 'beit3.*'")
 
     ignored: list[str] = []
     if any(k.startswith(prefix) for k in obj):

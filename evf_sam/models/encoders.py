@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evf_sam.models.beit3 import BEIT3_CONFIGS, BEiT3, BEiT3Config
-from evf_sam.models.features import FUSION_FEATURES, FUSIONS, feature_dim, pool_tokens, resolve_feature
+from evf_sam.models.features import FUSIONS, feature_dim, pool_tokens, resolve_feature
 
 # ---------------------------------------------------------------------------------------------
 # Registry

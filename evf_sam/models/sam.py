@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping
 
-import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor, nn
 
@@ -151,20 +150,10 @@ def load_sam_state_dict(sam: Sam, state_dict_or_path: Mapping[str, Tensor] | str
     nothing is copied in that case. Values are cast to the model's dtype.
     """
     from evf_sam.models.checkpoint import load_state_dict_strict
+    from evf_sam.models.state_dict import read_state_dict
 
-    if isinstance(state_dict_or_path, (str, Path)):
-        path = Path(state_dict_or_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"SAM checkpoint not found: {str(path)!r} (expected a segment-anything .pth file)")
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    else:
-        obj = state_dict_or_path
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{what}: expected a state dict, got {type(obj).__name__}")
+    obj = read_state_dict(state_dict_or_path, wrappers=("model", "state_dict"), what=what,
+                          expected="a segment-anything .pth file")
     state = {k: v for k, v in obj.items() if k not in _SAM_CONSTANT_KEYS}
     load_state_dict_strict(sam, state, what=what)
 
