@@ -310,6 +310,14 @@ def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -
 
 
 # Facts a config implies that the weights can contradict: (what, official tensor, dim, config value getter)
+def _variant_hint(guess: list[str], scales: Mapping[str, str], key: str) -> str:
+    """" (looks like vit_b, sam_scale='base')" for the first registry entry the weights match."""
+    if not guess:
+        return ""
+    official = {v: k for k, v in scales.items()}.get(guess[0])
+    return f" (looks like {guess[0]}" + (f", {key}={official!r}" if official else "") + ")"
+
+
 def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mapping[str, Any],
                        config: "EvfSamConfig", source: str) -> None:
     """Raises ValueError when config.json describes another architecture than the weights hold."""
@@ -331,9 +339,7 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
         from evf_sam.models.beit3 import BEIT3_CONFIGS
 
         guess = [n for n, c in BEIT3_CONFIGS.items() if (c.embed_dim, c.depth) == (w_dim, w_depth)]
-        scale = {v: k for k, v in ENCODER_SCALES.items()}
-        hint = (f" (looks like {guess[0]}" + (f", mm_extractor_scale={scale[guess[0]]!r}" if guess[0] in scale else "")
-                + ")") if guess else ""
+        hint = _variant_hint(guess, ENCODER_SCALES, "mm_extractor_scale")
         problems.append(
             f"mm_extractor_scale={cfg.get('mm_extractor_scale')!r} -> {config.encoder} (embed_dim "
             f"{enc_cfg.embed_dim}, {enc_cfg.depth} layers), but the weights have embed_dim {w_dim}, "
@@ -349,9 +355,7 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
         from evf_sam.models.sam import SAM_CONFIGS
 
         guess = [n for n, a in SAM_CONFIGS.items() if (a.encoder_embed_dim, a.encoder_depth) == (s_dim, s_depth)]
-        scale = {v: k for k, v in SAM_SCALES.items()}
-        hint = (f" (looks like {guess[0]}" + (f", sam_scale={scale[guess[0]]!r}" if guess[0] in scale else "")
-                + ")") if guess else ""
+        hint = _variant_hint(guess, SAM_SCALES, "sam_scale")
         problems.append(
             f"sam_scale={cfg.get('sam_scale')!r} -> {config.sam_variant} (image encoder width {want[0]}, "
             f"{want[1]} blocks), but the weights have width {s_dim}, {s_depth} blocks{hint}"
