@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from evf_sam.atomic import atomic_write_text  # noqa: E402
 
 EVAL_SPLITS = ("refcoco|unc|val", "refcocog|umd|val")
 
@@ -135,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = _demo(args.out, args.data, args.out / "demo")
     summary = {"run_dir": str(args.out), "data_root": str(args.data), "train_seconds": round(t_train, 1),
                "results": results, "demo": demo}
-    tmp = args.out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, args.out / "summary.json")
+    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2))
 
     print("\n" + _table(results))
     print(f"\ntrained in {t_train:.0f} s")

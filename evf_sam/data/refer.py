@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from evf_sam.atomic import atomic_write_bytes  # re-exported: synthetic.py writes through it
 
 __all__ = ["DATASETS", "IMAGE_DIRS", "PAPER_SPLITS", "ReferDataset", "RestrictedUnpickler", "UnsafePickleError", "decode_segmentation",
            "load_refs_pickle", "parse_split_name", "refer_dir", "refs_path", "write_refer", "atomic_write_bytes"]
@@ -308,21 +308,6 @@ class ReferDataset:
 # Writer
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same directory + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_refer(root: str | Path, dataset: str, split_by: str, images: Sequence[dict],
                 annotations: Sequence[dict], categories: Sequence[dict], refs: Iterable[dict]) -> Path:
     """Writes ``<root>/refer_seg/<dataset>/instances.json`` and ``refs(<split_by>).p`` (REFER layout).
@@ -350,7 +335,6 @@ def write_refer(root: str | Path, dataset: str, split_by: str, images: Sequence[
     return path.parent
 
 
-_atomic_write = atomic_write_bytes  # short alias (synthetic.py)
 
 
 def _plain(x, where: str) -> None:

@@ -266,7 +266,7 @@ class ReferTrainDataset(_TrainBase):
         raise KeyError(f"image key {key} not in the training mix")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from evf_sam.preprocess import beit3_preprocess, resize_mask_like_sam, sam_preprocess
+        from evf_sam.preprocess import beit3_preprocess, resize_mask_like_sam, sam_preprocess, sam_resized_shape
 
         rng = _rng(self.seed, index)
         src = int(rng.choice(len(self.sources), p=self.probs))
@@ -278,8 +278,7 @@ class ReferTrainDataset(_TrainBase):
         if self.with_sam_images:
             sam, input_size = sam_preprocess(image, self.sam_size)
         else:
-            sam, scale = torch.zeros(3, 0, 0), self.sam_size / max(h, w)
-            input_size = (int(h * scale + 0.5), int(w * scale + 0.5))
+            sam, input_size = torch.zeros(3, 0, 0), sam_resized_shape(h, w, self.sam_size)
         masks, sentences = [], []
         for j in take:
             ann_id, sent = pairs[int(j)]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evf_sam.atomic import atomic_write_text
 from evf_sam.metrics import RefMetrics
 
 __all__ = ["METRIC_KEYS", "evaluate", "format_paper_table", "run_eval_from_config", "write_results"]
@@ -162,12 +163,6 @@ def format_paper_table(results: dict[str, dict[str, Any]], metric: str = "ciou",
     return "\n".join([header, sep, row])
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    from evf_sam.data.refer import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode())
-
-
 def write_results(out_dir: str | Path, results: dict[str, dict[str, Any]], *, config: dict | None = None,
                   checkpoint: str | None = None, row_name: str = "EVF-SAM") -> dict[str, Path]:
     """Writes results.json, results.csv and results.md (cIoU + gIoU tables) atomically into ``out_dir``."""
@@ -181,15 +176,15 @@ def write_results(out_dir: str | Path, results: dict[str, dict[str, Any]], *, co
     # and the trainer's results.json use
     payload = {**results, "config": config, "checkpoint": checkpoint}
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
-    _atomic_text(paths["json"], json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["split", *METRIC_KEYS])
     for name, m in results.items():
         w.writerow([name, *[m.get(k) for k in METRIC_KEYS]])
-    _atomic_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["csv"], buf.getvalue())
     md = "\n\n".join(format_paper_table(results, k, row_name) for k in ("ciou", "giou"))
-    _atomic_text(paths["md"], md + "\n")
+    atomic_write_text(paths["md"], md + "\n")
     return paths
 
 
@@ -222,7 +217,7 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
     out_dir = Path(D.broadcast_object(str(out_dir)))  # rank 0's run dir (timestamps may differ by rank)
     if D.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     ckpt = Path(str(cfg.checkpoint))
     model = EvfSam.from_pretrained(ckpt, dtype=dtype, device=info.device).eval()

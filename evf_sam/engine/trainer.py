@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evf_sam.atomic import atomic_write_text
 from evf_sam.data.batch import Batch
 from evf_sam.engine import distributed as D
 from evf_sam.engine.losses import mask_losses, valid_mask
@@ -139,15 +139,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _setup_logging(run_dir: Path, rank: int) -> None:
     root = logging.getLogger()
     fmt = logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
@@ -201,8 +192,8 @@ class Trainer:
         self.data_info = prepare_data(cfg, self.run_dir)
 
         if self.rank == 0:
-            _atomic_write(self.run_dir / "config.yaml", config_yaml or OmegaConf.to_yaml(cfg))
-            _atomic_write(self.run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            atomic_write_text(self.run_dir / "config.yaml", config_yaml or OmegaConf.to_yaml(cfg))
+            atomic_write_text(self.run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         logger.info("run dir %s | world %d | device %s | backend %s | precision %s", self.run_dir, self.world,
                     self.device, self.dist.backend, self.precision)
 
@@ -262,9 +253,9 @@ class Trainer:
         torch.save(_rng_state(), d / f"rng_rank{self.rank}.pt")
         D.barrier()
         if self.rank == 0:
-            _atomic_write(d / "trainer_state.json", json.dumps(asdict(self.state), indent=1))
-            _atomic_write(d / COMPLETE, json.dumps({"step": self.state.step, "world_size": self.world}))
-            _atomic_write(self.ckpt_dir / "latest", tag)
+            atomic_write_text(d / "trainer_state.json", json.dumps(asdict(self.state), indent=1))
+            atomic_write_text(d / COMPLETE, json.dumps({"step": self.state.step, "world_size": self.world}))
+            atomic_write_text(self.ckpt_dir / "latest", tag)
             self._prune_checkpoints()
         D.barrier()
         logger.info("checkpoint %s written", d)
@@ -486,7 +477,7 @@ class Trainer:
                         "path": str(self.run_dir / "best")} if self.state.best_step >= 0 else None
                 results.update(best=best, checkpoint=str(final), samples=self.state.samples,
                                config=_resolved(self.cfg))
-                _atomic_write(self.run_dir / "results.json", json.dumps(results, indent=1))
+                atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1))
         if self.logger_backend is not None:
             self.logger_backend.finish()
         D.barrier()
