@@ -9,6 +9,12 @@ and `make_table.py` prints "–" in the paper column. Do not fill them from memo
 paper (cite version and table number in the row's comment), e.g. ``paper={"refcoco|unc|val": 82.1}``.
 The row sets below follow the ablation axes this codebase implements; check them against the paper's
 tables when transcribing, and add or drop rows to match.
+
+What IS filled in: Tab. 7's ``reference`` / ``params``, from the official release's model zoo
+(hustvl/EVF-SAM README, "Weights" table): EVF-SAM 83.7 / 1.32B, EVF-SAM2 83.6 / 898M,
+EVF-Effi-SAM-L 83.5 / 700M, EVF-Effi-SAM-B 80.0 / 232M. The README calls the score "Reference
+Score" without naming metric or split; `make_table.py` prints it in its own column, never as a
+split's number. The parameter counts are checked against our models in tests/test_sam_backends.py.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ class PaperRow:
     axes: dict[str, str]  # axis -> value, e.g. {"encoder": "clip_large", "fusion": "text"}
     label: str  # the paper's wording of the row
     paper: dict[str, float] | None = None  # split -> published cIoU (percent); None = not transcribed
+    # Official release model zoo (hustvl/EVF-SAM README, "Weights" table): its "Reference Score" (the
+    # README does not say which metric / split) and parameter count. None where the zoo has no such model.
+    reference: float | None = None
+    params: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,36 @@ TABLES: dict[str, PaperTable] = {
             PaperRow({"feature": "text_cls"}, "text [CLS]"),
             PaperRow({"feature": "image_avg"}, "average of image tokens"),
             PaperRow({"feature": "concat"}, "text [CLS] + image [CLS]"),
+        ),
+    ),
+    # Tab. 6: extra semantic-segmentation training data ("[semantic] <class>" expressions); rows are
+    # the extra_data config group. Columns: RefCOCO val and ADE20K val (+ its mIoU).
+    "table6": PaperTable(
+        key="table6",
+        title="Tab. 6 - extra semantic data (ADE20K, Mapillary Vistas)",
+        axes=("extra_data",),
+        splits=("refcoco|unc|val", "ade20k|semantic|val"),
+        rows=(
+            PaperRow({"extra_data": "res"}, "RES data only"),
+            PaperRow({"extra_data": "res_ade20k"}, "RES + ADE20K"),
+            PaperRow({"extra_data": "res_ade20k_mapillary"}, "RES + ADE20K + Mapillary Vistas"),
+        ),
+    ),
+    # Tab. 7: which SAM (prompted by the same early-fusion BEiT-3). Rows = the official model zoo.
+    "table7": PaperTable(
+        key="table7",
+        title="Tab. 7 - SAM variants (BEiT-3 early fusion)",
+        axes=("sam", "encoder"),
+        rows=(
+            PaperRow({"sam": "vit_h", "encoder": "beit3_large"}, "SAM-H + BEiT-3-L (EVF-SAM)",
+                     reference=83.7, params="1.32B"),
+            PaperRow({"sam": "vit_h", "encoder": "beit3_base"}, "SAM-H + BEiT-3-B (EVF-SAM base)"),
+            PaperRow({"sam": "efficient_sam_s", "encoder": "beit3_large"}, "EfficientSAM-S + BEiT-3-L (EVF-Effi-SAM-L)",
+                     reference=83.5, params="700M"),
+            PaperRow({"sam": "efficient_sam_t", "encoder": "beit3_base"}, "EfficientSAM-T + BEiT-3-B (EVF-Effi-SAM-B)",
+                     reference=80.0, params="232M"),
+            PaperRow({"sam": "sam2_hiera_l", "encoder": "beit3_large"}, "SAM-2-L + BEiT-3-L (EVF-SAM2, SAM-2 frozen)",
+                     reference=83.6, params="898M"),
         ),
     ),
 }

@@ -84,10 +84,10 @@ class EvfSamPredictor:
         embedding (at ``model.sam_image_size``) and its BEiT-3 input (at ``model.beit_image_size``)."""
         m = self.model
         rgb = load_image(image)
-        sam_x, input_size = sam_preprocess(rgb, m.sam_image_size)  # (3, S, S), (h, w)
+        sam_x, input_size = sam_preprocess(rgb, m.sam_image_size, m.resize_mode)  # (3, S, S), (h, w)
         beit_x = beit3_preprocess(rgb, m.beit_image_size)  # (3, 224, 224)
         self.reset_image()
-        self._embedding = m.encode_image(sam_x[None].to(device=m.device, dtype=m.dtype))  # (1, C, h, w)
+        self._embedding = m.encode_image(sam_x[None].to(device=m.device, dtype=m.dtype))  # (1, C, h, w) (SAM-2: tuple)
         self._beit_image = beit_x[None].to(device=m.device, dtype=m.dtype)
         self.input_size = input_size
         self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))

@@ -10,7 +10,9 @@ It reproduces the official EVF-SAM inference (``inference.py`` of the release) e
 SAM branch: segment-anything's ``ResizeLongestSide(S).apply_image`` (target ``int(x * S / max(H, W)
 + 0.5)`` per side; PIL bilinear resize of the uint8 image, which antialiases when shrinking),
 ``(x - mean) / std`` with mean (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375) on 0-255
-values, zero padding at the bottom / right to S x S.
+values, zero padding at the bottom / right to S x S. EfficientSAM and SAM-2 (``resize_mode="square"``,
+the official ``model_type`` "effi" / "sam2") instead stretch the normalised resized image to S x S
+with ``F.interpolate(mode="bilinear", align_corners=False)``: no padding, aspect ratio not kept.
 
 BEiT-3 branch: ``ToTensor`` (/255), bicubic resize to 224 x 224 on the float tensor *without*
 antialiasing (``F.interpolate(mode="bicubic", align_corners=False, antialias=False)``, which is
@@ -39,6 +41,7 @@ __all__ = [
     "OVERLAY_COLOR",
     "PIXEL_MEAN",
     "PIXEL_STD",
+    "RESIZE_MODES",
     "UnreadableImageError",
     "beit3_preprocess",
     "beit3_resize_normalize",
@@ -50,6 +53,7 @@ __all__ = [
     "sam_preprocess",
     "sam_resize",
     "sam_resized_shape",
+    "sam_valid_size",
 ]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM, on 0-255 values
@@ -57,6 +61,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 BEIT3_MEAN = (0.5, 0.5, 0.5)  # BEiT-3, on [0, 1] values
 BEIT3_STD = (0.5, 0.5, 0.5)
 OVERLAY_COLOR = (50, 120, 220)  # the official inference's visualisation colour
+RESIZE_MODES = ("pad", "square")  # SAM-1 | EfficientSAM, SAM-2 (models/sam_backends.py)
 
 
 class UnreadableImageError(ValueError):
@@ -195,24 +200,50 @@ def sam_normalize_pad(resized: Tensor | np.ndarray, size: int = 1024) -> Tensor:
     return F.pad(x, (0, size - w, 0, size - h))
 
 
-def sam_preprocess(image: np.ndarray, size: int = 1024) -> tuple[Tensor, tuple[int, int]]:
-    """(H, W, 3) uint8 RGB -> ((3, size, size) float32 normalised + zero-padded, resized (h', w'))."""
+def _check_resize_mode(resize_mode: str) -> None:
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode={resize_mode!r}; choose one of {', '.join(RESIZE_MODES)} "
+                         f"(pad: SAM-1, square: EfficientSAM / SAM-2)")
+
+
+def sam_preprocess(image: np.ndarray, size: int = 1024, resize_mode: str = "pad") -> tuple[Tensor, tuple[int, int]]:
+    """(H, W, 3) uint8 RGB -> ((3, size, size) float32 normalised, resized (h', w')).
+
+    ``resize_mode="pad"``: zero padding at the bottom / right (SAM-1). ``"square"``: the normalised
+    (h', w') image bilinearly stretched to (size, size) (EfficientSAM, SAM-2). (h', w') is the
+    ``ResizeLongestSide`` shape in both modes, as the official ``resize_list``.
+    """
+    _check_resize_mode(resize_mode)
     resized = sam_resize(image, size)
-    return sam_normalize_pad(resized, size).contiguous(), (int(resized.shape[0]), int(resized.shape[1]))
+    hw = (int(resized.shape[0]), int(resized.shape[1]))
+    if resize_mode == "square":
+        x = sam_normalize_pad(resized, max(hw))[:, :hw[0], :hw[1]]  # normalised, not padded
+        x = F.interpolate(x[None], (size, size), mode="bilinear", align_corners=False)[0]
+        return x.contiguous(), hw
+    return sam_normalize_pad(resized, size).contiguous(), hw
 
 
-def resize_mask_like_sam(mask: np.ndarray, size: int = 1024) -> np.ndarray:
-    """A ground-truth mask (H, W) into the SAM input frame: nearest resize to the image's resized
-    shape (`sam_resized_shape`), zero padding at the bottom / right -> (size, size), same dtype.
+def sam_valid_size(input_size: tuple[int, int], size: int, resize_mode: str = "pad") -> tuple[int, int]:
+    """The image's extent inside the (size, size) SAM frame: ``input_size`` for "pad", the whole
+    frame for "square" (the image is stretched over it). Training losses are taken over this region."""
+    _check_resize_mode(resize_mode)
+    return (int(size), int(size)) if resize_mode == "square" else (int(input_size[0]), int(input_size[1]))
 
+
+def resize_mask_like_sam(mask: np.ndarray, size: int = 1024, resize_mode: str = "pad") -> np.ndarray:
+    """A ground-truth mask (H, W) into the SAM input frame -> (size, size), same dtype.
+
+    "pad": nearest resize to the image's resized shape (`sam_resized_shape`), zero padding at the
+    bottom / right. "square": nearest resize to (size, size), like the stretched image.
     Nearest uses pixel centres (source index ``floor((i + 0.5) * H / h')``, as PIL ``NEAREST`` and
     torch ``nearest-exact``), so a mask resized with its image stays aligned with it.
     """
+    _check_resize_mode(resize_mode)
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
     hh, ww = mask.shape
-    h, w = sam_resized_shape(hh, ww, size)
+    h, w = (size, size) if resize_mode == "square" else sam_resized_shape(hh, ww, size)
     rows = np.minimum(np.floor((np.arange(h) + 0.5) * (hh / h)).astype(np.int64), hh - 1)
     cols = np.minimum(np.floor((np.arange(w) + 0.5) * (ww / w)).astype(np.int64), ww - 1)
     out = np.zeros((size, size), dtype=mask.dtype)

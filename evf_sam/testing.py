@@ -35,9 +35,11 @@ TINY_SENTENCES: tuple[str, ...] = tuple(
 
 
 def tiny_config(vocab_size: int | None = None, **overrides) -> EvfSamConfig:
-    """tiny SAM + beit3_tiny; ``vocab_size`` sets the BEiT-3 text embedding rows (>= len(tokenizer))."""
+    """tiny SAM + beit3_tiny; ``vocab_size`` sets the BEiT-3 text embedding rows (>= len(tokenizer)).
+    ``sam_variant="efficient_sam_tiny"`` / ``"sam2_tiny"`` swap in the other SAM families at toy size."""
     enc = {} if vocab_size is None else {"vocab_size": int(vocab_size)}
-    return EvfSamConfig(sam_variant="tiny", encoder="beit3_tiny", encoder_overrides=enc, **overrides)
+    overrides.setdefault("sam_variant", "tiny")
+    return EvfSamConfig(encoder="beit3_tiny", encoder_overrides=enc, **overrides)
 
 
 def build_tiny_model(seed: int = 0, vocab_size: int | None = None, **overrides) -> EvfSam:

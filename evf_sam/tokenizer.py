@@ -11,6 +11,14 @@ with ``from_pretrained(dir)``, converting ``sentencepiece.bpe.model`` on the fly
 The BEiT-3 text embedding needs at least ``len(tokenizer)`` rows: the official model has 64010 for
 XLM-R's 64000 pieces (+ ``<mask>`` and the multitask release's ``[semantic]``). A tiny model built
 for a tiny tokenizer (`train_sentencepiece`) sets ``encoder_overrides={"vocab_size": len(tokenizer)}``.
+
+Added tokens: the multitask EVF-SAM release ships ``added_tokens.json`` = ``{"[semantic]": 64002}``
+and prepends ``"[semantic] "`` to the expression of a semantic-level mask (paper Tab. 6 data).
+`load_tokenizer` reads that file (transformers does) and checks every id; ``tokenize(tok,
+["[semantic] wall"])`` then gives ``<s> 64002 ▁wall </s>``, the prefix as ONE token. A tokenizer
+without it (the plain EVF-SAM release, tiny test tokenizers) gets it with `add_tokens` (next free
+id, written into ``added_tokens.json``); `require_semantic_token` is the check a semantic data
+source runs (tokenizer has it, and the BEiT-3 text embedding has a row for it).
 """
 
 from __future__ import annotations
@@ -24,10 +32,14 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["SPECIAL_IDS", "SPM_FILE", "load_tokenizer", "tokenize", "train_sentencepiece"]
+__all__ = ["ADDED_TOKENS_FILE", "SEMANTIC_PREFIX", "SEMANTIC_TOKEN", "SPECIAL_IDS", "SPM_FILE", "add_tokens",
+           "load_tokenizer", "require_semantic_token", "semantic_token_id", "tokenize", "train_sentencepiece"]
 
 SPM_FILE = "sentencepiece.bpe.model"
+ADDED_TOKENS_FILE = "added_tokens.json"
 SPECIAL_IDS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}  # XLM-R / fairseq
+SEMANTIC_TOKEN = "[semantic]"  # multitask EVF-SAM release: id 64002 in added_tokens.json
+SEMANTIC_PREFIX = SEMANTIC_TOKEN + " "  # prepended to the expression of a semantic-level mask
 
 
 def load_tokenizer(path: str | Path):
@@ -48,7 +60,76 @@ def load_tokenizer(path: str | Path):
     got = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_IDS}
     if got != SPECIAL_IDS:
         raise ValueError(f"tokenizer in {str(path)!r} has special ids {got}; expected XLM-R's {SPECIAL_IDS}")
+    added = _read_added_tokens(path)
+    wrong = {t: (i, tok.convert_tokens_to_ids(t)) for t, i in added.items() if tok.convert_tokens_to_ids(t) != i}
+    if wrong:
+        raise ValueError(f"{str(path / ADDED_TOKENS_FILE)!r}: " + "; ".join(
+            f"{t!r} should be id {i} but loads as {j}" for t, (i, j) in wrong.items())
+            + " (added ids must continue the vocabulary without gaps)")
     return tok
+
+
+def _read_added_tokens(path: Path) -> dict[str, int]:
+    f = Path(path) / ADDED_TOKENS_FILE
+    if not f.is_file():
+        return {}
+    data = json.loads(f.read_text())
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in data.items()):
+        raise ValueError(f"{str(f)!r} must be a JSON object {{token: id}}, got {data!r}")
+    return data
+
+
+def add_tokens(path: str | Path, tokens: Sequence[str]) -> dict[str, int]:
+    """Adds ``tokens`` (e.g. ``["[semantic]"]``) to the tokenizer directory ``path`` the way the
+    multitask EVF-SAM release does: ``added_tokens.json`` maps each to the next free id
+    (``len(tokenizer)``, then +1, ...). Tokens already there keep their id. Returns the whole map.
+
+    For tiny / test tokenizers and for fine-tuning a plain EVF-SAM tokenizer on semantic data; the
+    model's text embedding must then have ``len(tokenizer)`` rows (`require_semantic_token` checks).
+    """
+    path = Path(path)
+    tok = load_tokenizer(path)
+    added = _read_added_tokens(path)
+    n = len(tok)
+    for t in tokens:
+        if t in added:
+            continue
+        if t in tok.get_vocab():
+            raise ValueError(f"{t!r} is already in the vocabulary of {str(path)!r} (id {tok.convert_tokens_to_ids(t)})")
+        added[t] = n
+        n += 1
+    (path / ADDED_TOKENS_FILE).write_text(json.dumps(added, indent=2) + "\n")
+    return added
+
+
+def semantic_token_id(tokenizer) -> int | None:
+    """The id of ``[semantic]`` when the tokenizer has it as one added token, else None."""
+    vocab = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
+    i = vocab.get(SEMANTIC_TOKEN)
+    return None if i is None else int(i)
+
+
+def require_semantic_token(tokenizer, text_embedding_rows: int | None = None) -> int:
+    """Checks that ``"[semantic] ..."`` prompts can be used; returns the ``[semantic]`` id.
+
+    Raises ValueError when the tokenizer lacks the token (it would be split into ``[``, ``semantic``,
+    ``]`` pieces) or when the model's text embedding (``text_embedding_rows``, BEiT-3's
+    ``vocab_size``) has no row for it.
+    """
+    i = semantic_token_id(tokenizer)
+    if i is None:
+        raise ValueError(
+            f"the tokenizer has no {SEMANTIC_TOKEN!r} token, which semantic-segmentation data (the "
+            f"{SEMANTIC_PREFIX!r} prefix, paper Tab. 6) needs: use the multitask EVF-SAM tokenizer (its "
+            f"{ADDED_TOKENS_FILE} has {{\"{SEMANTIC_TOKEN}\": 64002}}; model.tokenizer=<that dir>), or add it to a "
+            f"tokenizer directory with evf_sam.tokenizer.add_tokens(dir, [{SEMANTIC_TOKEN!r}]) "
+            f"(tiny tokenizers made by model=tiny get it automatically)")
+    if text_embedding_rows is not None and i >= int(text_embedding_rows):
+        raise ValueError(
+            f"{SEMANTIC_TOKEN!r} is token id {i} (len(tokenizer) = {len(tokenizer)}) but the BEiT-3 text embedding "
+            f"has only {text_embedding_rows} rows (vocab_size): use a model whose vocab_size > {i} (the official "
+            f"BEiT-3 has 64010) or set model.encoder_overrides.vocab_size={len(tokenizer)}")
+    return i
 
 
 def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:

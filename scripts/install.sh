@@ -8,3 +8,6 @@ $PY -m pip install -q torch==2.14.1 torchvision==0.29.1
 $PY -m pip install -q -e ".[train,test]"
 # DeepSpeed's build imports torch, so it must see the torch installed above.
 $PY -m pip show deepspeed >/dev/null 2>&1 || $PY -m pip install -q --no-build-isolation deepspeed==0.19.8
+# SAM-2 (EVF-SAM2, paper Tab. 7) from Meta's `sam2` package; its setup.py imports torch too. The
+# CUDA extension it can build is only used by SAM-2's video post-processing, which EVF-SAM does not run.
+$PY -m pip show sam2 >/dev/null 2>&1 || SAM2_BUILD_CUDA=0 $PY -m pip install -q --no-build-isolation sam2==1.1.0

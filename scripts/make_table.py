@@ -9,7 +9,8 @@ Each run contributes ``results.json`` (written by evaluation):
 
 A row per run, labelled by the run's ablation-axis values read from its config (config groups
 encoder / fusion / feature / trainable, see configs/), one column per evaluation split with the
-paper's number beside it (evf_sam/paper_numbers.py; "–" where not transcribed). Metrics stored as
+paper's number beside it (evf_sam/paper_numbers.py; "–" where not transcribed). Tab. 7 adds the
+official release's parameter count and "Reference Score" (its model zoo; metric unstated there). Metrics stored as
 fractions are printed in percent, like the paper. The table is taken from ``--table`` or else from
 the runs' ``paper_table`` config key (set by configs/experiment/tableN.yaml).
 """
@@ -29,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evf_sam.paper_numbers import PAPER, REFER_SPLITS, TABLES, paper_row  # noqa: E402
 
-AXES = ("encoder", "fusion", "feature", "trainable")
-DATASET_NAMES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg", "refclef": "RefCLEF"}
+AXES = ("encoder", "fusion", "feature", "trainable")  # default row labels when no --table is known
+DATASET_NAMES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg", "refclef": "RefCLEF",
+                 "ade20k": "ADE20K"}
 # Our module prefixes that a Tab. 4 row switches on or off (SAM image encoder: always frozen).
 TRAINABLE_COLUMNS = (("MM enc.", "encoder.x"), ("prompt enc.", "sam.prompt_encoder.x"),
                      ("mask dec.", "sam.mask_decoder.x"))
@@ -57,7 +59,10 @@ def axis_values(cfg: dict) -> dict[str, str | None]:
     if feature is None and mode is not None:
         feature = FUSION_DEFAULT_FEATURE.get(mode)
     trainable = _get(cfg, "trainable.name")
-    return {"encoder": encoder, "fusion": fusion, "feature": feature, "trainable": trainable}
+    sam = _get(cfg, "sam.name") or _get(cfg, "model.sam_variant")
+    data = _get(cfg, "data.name")
+    return {"encoder": encoder, "fusion": fusion, "feature": feature, "trainable": trainable, "sam": sam,
+            "data": data, "extra_data": _get(cfg, "extra_data.name")}
 
 
 def load_run(path: Path) -> dict:
@@ -94,9 +99,13 @@ def build_rows(runs: list[dict], table: str | None, metric: str) -> tuple[list[s
     extra = [name for name, _ in TRAINABLE_COLUMNS] if "trainable" in axes else []
     present = {k for r in runs for k, v in r.items() if isinstance(v, dict) and metric in v}
     splits = [s for s in REFER_SPLITS if s in present] + sorted(present - set(REFER_SPLITS))
-    header = axes + extra
+    zoo = bool(spec) and any(r.reference is not None or r.params is not None for r in spec.rows)
+    header = axes + extra + (["release params", "release ref. score"] if zoo else [])
     for s in splits:
         header += [split_title(s)] + (["paper"] if spec else [])
+    # semantic splits (Tab. 6, ADE20K val) also report mIoU over classes: one more column each
+    miou_splits = [s for s in splits if any(isinstance(r.get(s), dict) and "miou" in r[s] for r in runs)]
+    header += [f"{split_title(s)} mIoU" for s in miou_splits]
 
     ordered = []
     for i, run in enumerate(runs):
@@ -112,11 +121,15 @@ def build_rows(runs: list[dict], table: str | None, metric: str) -> tuple[list[s
         if extra:
             globs = _get(run.get("config") or {}, "trainable.params") or []
             cells += [_mark(any(fnmatch.fnmatchcase(name, g) for g in globs)) for _, name in TRAINABLE_COLUMNS]
+        if zoo:
+            cells += [prow.params or DASH if prow is not None else DASH,
+                      _fmt(prow.reference) if prow is not None else DASH]
         for s in splits:
             ours = _pct(run.get(s, {}).get(metric)) if isinstance(run.get(s), dict) else None
             cells.append(_fmt(ours))
             if spec:
                 cells.append(_fmt(prow.paper.get(s) if prow is not None and prow.paper else None))
+        cells += [_fmt(_pct(run[s].get("miou"))) if isinstance(run.get(s), dict) else DASH for s in miou_splits]
         rows.append(cells)
     title = f"{spec.title}: {metric} (%), ours vs paper ({PAPER.split(',')[-1].strip()})" if spec \
         else f"Runs: {metric} (%)"

@@ -68,7 +68,8 @@ def _evaluate(run_dir: Path, data_root: Path, max_images: int | None) -> dict:
     for name in EVAL_SPLITS:
         dataset, split_by, split = parse_split_name(name)
         ds = build_eval_dataset(data_root, dataset, split_by, split, sam_size=trained.sam_image_size,
-                                beit_size=trained.beit_image_size, max_images=max_images)
+                                beit_size=trained.beit_image_size, max_images=max_images,
+                                resize_mode=trained.resize_mode)
         res = {"trained": evaluate(trained, tokenizer, ds, progress=False),
                "untrained": evaluate(untrained, tokenizer, ds, progress=False)}
         res.update(trivial_baselines(data_root, dataset, split_by, split, max_images=max_images))

@@ -310,7 +310,8 @@ def test_trainable_groups_select_the_papers_rows():
 # ---------------------------------------------------------------------------------------------
 # Experiment files (Hydra multirun sweeps over the paper's rows)
 
-AXIS_GROUPS = ("encoder", "fusion", "feature", "trainable")
+AXIS_GROUPS = ("encoder", "fusion", "feature", "trainable", "sam", "data")
+AXIS_DEFAULTS = ("beit3_large", "early", "auto", "enc_proj_prompt_mask", "vit_h", "refer_mix")
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("table*.yaml"))
 
 
@@ -338,7 +339,8 @@ def _check_row(cfg, table: str):
     enc = cfg.encoder.name
     depth = BEIT3_CONFIGS[enc].depth if enc in BEIT3_CONFIGS else None
     feature = check_combination(enc, cfg.fusion.mode, cfg.feature.value, cfg.fusion.fused_layers, depth=depth)
-    axes = {"encoder": enc, "fusion": cfg.fusion.name, "feature": feature, "trainable": cfg.trainable.name}
+    axes = {"encoder": enc, "fusion": cfg.fusion.name, "feature": feature, "trainable": cfg.trainable.name,
+            "sam": cfg.sam.name, "data": cfg.data.name, "extra_data": cfg.extra_data.name if "extra_data" in cfg else None}
     assert paper_row(table, axes) is not None, (table, axes)
     return axes
 
@@ -355,10 +357,9 @@ def test_experiment_sweeps_compose_against_a_minimal_primary_config(experiment, 
 
     from evf_sam.paper_numbers import TABLES
 
-    for g in (*AXIS_GROUPS, "experiment"):
+    for g in (*AXIS_GROUPS, "extra_data", "experiment"):  # extra_data: selected by table6 itself
         shutil.copytree(CONFIGS / g, tmp_path / g)
-    defaults = "\n".join(f"  - {g}: {d}" for g, d in zip(AXIS_GROUPS, ("beit3_large", "early", "auto",
-                                                                       "enc_proj_prompt_mask")))
+    defaults = "\n".join(f"  - {g}: {d}" for g, d in zip(AXIS_GROUPS, AXIS_DEFAULTS))
     (tmp_path / "train.yaml").write_text(f"defaults:\n{defaults}\n  - _self_\n")
     base, rows = _sweep_rows(tmp_path, experiment, _table_extra(experiment))
     assert base.paper_table == experiment
@@ -382,3 +383,6 @@ def test_experiment_sweeps_compose_with_train_yaml(experiment):
     _, rows = _sweep_rows(CONFIGS, experiment, _table_extra(experiment))
     for cfg in rows:
         _check_row(cfg, experiment)
+    # every row trains into its own run directory (a shared one would resume the first row's run)
+    assert len({cfg.run_dir for cfg in rows}) == len(rows), [cfg.run_dir for cfg in rows]
+    assert all(cfg.run_dir.startswith(f"runs/{experiment}/") for cfg in rows)

@@ -186,13 +186,21 @@ def test_config_fields_disagree_with_weights(tmp_path, model, tok_dir):
         EvfSam.from_pretrained(d)
 
 
-def test_evf_sam2_is_rejected(tmp_path):
-    d = tmp_path / "evf-sam2"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"architectures": ["EvfSam2Model"], "model_type": "evf",
-                                               "sam_scale": "large", "mm_extractor_scale": "large"}))
-    with pytest.raises(ValueError, match="SAM-2 is not supported"):
-        EvfSam.from_pretrained(d)
+def test_architecture_must_match_sam_family(tmp_path):
+    from evf_sam.models.checkpoint import config_from_official
+
+    base = {"model_type": "evf", "mm_extractor_scale": "large"}
+    with pytest.raises(ValueError, match="sam_variant='tiny' is a sam model \\(EvfSamModel\\)"):
+        config_from_official({**base, "architectures": ["EvfSam2Model"], "sam_variant": "tiny"})
+    with pytest.raises(ValueError, match="sam_scale='huge' is not one of 'large', 'tiny'"):
+        config_from_official({**base, "architectures": ["EvfSam2Model"], "sam_scale": "huge"})
+    with pytest.raises(ValueError, match="architectures=\\['LlavaModel'\\]; expected one of"):
+        config_from_official({**base, "architectures": ["LlavaModel"], "sam_scale": "huge"})
+    assert config_from_official({**base, "architectures": ["EvfSam2Model"], "sam_scale": "large"}).sam_variant \
+        == "sam2_hiera_l"
+    assert config_from_official({**base, "architectures": ["EvfEffiSamModel"], "sam_scale": "small"}).sam_variant \
+        == "efficient_sam_s"
+    assert config_from_official({**base, "architectures": ["EvfSamModel"], "sam_scale": "huge"}).sam_variant == "vit_h"
 
 
 def test_missing_paths(tmp_path, model, tok_dir):

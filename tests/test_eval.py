@@ -172,3 +172,33 @@ def test_eval_script_torchrun_matches_single_process(env):
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         out[nproc] = json.loads((run / "results.json").read_text())["refcoco|unc|val"]
     assert out[1] == out[2] and out[1]["n_images"] == 5
+
+
+@pytest.mark.slow
+def test_eval_script_ade20k_semantic_split(env):
+    """scripts/eval_refcoco.py on ade20k|semantic|val (paper Tab. 6) writes cIoU / gIoU / mIoU that equal the
+    in-process evaluation of the same dataset; a tokenizer without [semantic] gets bare class names."""
+    from evf_sam.data.semantic import SemanticEvalDataset, build_semantic_reader, make_tiny_semantic
+
+    sem_root = env["tmp"] / "sem"
+    make_tiny_semantic(sem_root, num_train=1, num_val=3, size=40)
+    out = env["tmp"] / "run_sem"
+    cmd = [sys.executable, str(REPO / "scripts" / "eval_refcoco.py"), f"checkpoint={env['ckpt']}",
+           f"data.root={env['root']}", f"data.semantic_root={sem_root}", f"output_dir={out}", "data.num_workers=0",
+           "progress=false", "splits=[ade20k|semantic|val]", f"hydra.run.dir={env['tmp'] / 'hydra_sem'}"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "ade20k|semantic|val: cIoU" in p.stdout and "mIoU" in p.stdout
+    res = json.loads((out / "results.json").read_text())["ade20k|semantic|val"]
+    m = env["model"]
+    ds = SemanticEvalDataset(build_semantic_reader("ade20k", sem_root, "validation"), sam_size=m.sam_image_size,
+                             beit_size=m.beit_image_size, prefix="")
+    assert all(not s.startswith("[semantic]") for s in ds[0].sentences)
+    direct = evaluate(m, env["tok"], ds, device="cpu", progress=False)
+    assert res == direct and 0.0 <= res["miou"] <= 1.0 and res["n_images"] == len(ds)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert rows[0]["split"] == "ade20k|semantic|val" and float(rows[0]["miou"]) == pytest.approx(res["miou"])
+    bad = subprocess.run([*cmd[:-1], "splits=[ade20k|semantic|testA]", f"hydra.run.dir={env['tmp'] / 'h2'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "ade20k|semantic|val" in bad.stderr

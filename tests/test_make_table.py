@@ -114,3 +114,41 @@ def test_every_paper_table_row_names_existing_config_groups():
         for row in table.rows:
             for axis, value in row.axes.items():
                 assert (ROOT / "configs" / axis / f"{value}.yaml").is_file(), (table.key, axis, value)
+
+
+def test_table6_layout_with_ade20k_miou_column(make_table, tmp_path, capsys):
+    runs = []
+    for i, (row, ref, ade, miou) in enumerate([("res_ade20k_mapillary", 0.801, 0.402, 0.455), ("res", 0.81, 0.101, None)]):
+        cfg = {**_cfg("early", "early", table="table6"), "extra_data": {"name": row, "rates": {}},
+               "data": {"name": "refer_mix_semantic"}}
+        d = _run(tmp_path, str(i), cfg, {"refcoco|unc|val": ref, "ade20k|semantic|val": ade})
+        if miou is not None:
+            data = json.loads((d / "results.json").read_text())
+            data["ade20k|semantic|val"]["miou"] = miou
+            (d / "results.json").write_text(json.dumps(data))
+        runs.append(str(d))
+    assert make_table.main(runs) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "### Tab. 6 - extra semantic data (ADE20K, Mapillary Vistas): ciou (%), ours vs paper (arXiv 2406.20076)",
+        "",
+        "| extra_data | RefCOCO val | paper | ADE20K val | paper | ADE20K val mIoU |",
+        "|---|---|---|---|---|---|",
+        "| res | 81.0 | – | 10.1 | – | – |",
+        "| res_ade20k_mapillary | 80.1 | – | 40.2 | – | 45.5 |",
+    ]
+
+
+def test_table7_layout_with_the_official_model_zoo_columns(make_table, tmp_path, capsys):
+    runs = []
+    for i, (sam, enc, v) in enumerate([("sam2_hiera_l", "beit3_large", 0.83), ("efficient_sam_t", "beit3_base", 0.79),
+                                       ("vit_h", "beit3_base", 0.8)]):
+        cfg = {**_cfg("early", "early", table="table7"), "sam": {"name": sam, "variant": sam}}
+        cfg["encoder"]["name"] = enc
+        runs.append(str(_run(tmp_path, str(i), cfg, {"refcoco|unc|testA": v})))
+    assert make_table.main(["--csv", *runs]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "sam,encoder,release params,release ref. score,RefCOCO testA,paper",
+        "vit_h,beit3_base,,,80.0,",
+        "efficient_sam_t,beit3_base,232M,80.0,79.0,",
+        "sam2_hiera_l,beit3_large,898M,83.6,83.0,",
+    ]

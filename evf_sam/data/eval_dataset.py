@@ -47,10 +47,12 @@ class ReferEvalDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, dataset: str, split_by: str, split: str, *, sam_size: int = 1024,
-                 beit_size: int = 224, max_images: int | None = None, reader: ReferDataset | None = None):
+                 beit_size: int = 224, max_images: int | None = None, reader: ReferDataset | None = None,
+                 resize_mode: str = "pad"):
         self.reader = reader if reader is not None else ReferDataset(root, dataset, split_by)
         self.dataset, self.split_by, self.split = dataset, split_by, split
         self.sam_size, self.beit_size = int(sam_size), int(beit_size)
+        self.resize_mode = resize_mode  # "pad" (SAM-1) | "square" (EfficientSAM, SAM-2): model.resize_mode
         per_image: dict[int, list[tuple[int, int, int, str]]] = {}
         for ref in sorted(self.reader.split_refs(split), key=lambda r: int(r["ref_id"])):
             for k, s in enumerate(ref["sentences"]):
@@ -104,7 +106,7 @@ class ReferEvalDataset(Dataset):
         meta = self.reader.images[image_id]
         if (int(meta["height"]), int(meta["width"])) != (h, w):
             raise ValueError(f"{path}: image is {h}x{w} but instances.json says {meta['height']}x{meta['width']}")
-        sam, input_size = sam_preprocess(image, self.sam_size)
+        sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode)
         masks: dict[int, np.ndarray] = {}
         for _, ann_id, _, _ in exprs:
             if ann_id not in masks:
@@ -118,7 +120,8 @@ class ReferEvalDataset(Dataset):
 
 
 def build_eval_dataset(root: str | Path, dataset: str, split_by: str, split: str, *, sam_size: int = 1024,
-                       beit_size: int = 224, max_images: int | None = None) -> ReferEvalDataset:
+                       beit_size: int = 224, max_images: int | None = None,
+                       resize_mode: str = "pad") -> ReferEvalDataset:
     """`ReferEvalDataset` for ``dataset|split_by|split`` (raises naming the file / split when missing)."""
     return ReferEvalDataset(root, dataset, split_by, split, sam_size=sam_size, beit_size=beit_size,
-                            max_images=max_images)
+                            max_images=max_images, resize_mode=resize_mode)

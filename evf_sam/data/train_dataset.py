@@ -13,6 +13,12 @@ only needs k: no sampler state to save, and the order is the same at any number 
 Images in the val / test splits of every RefCOCO-family split (``EXCLUDE_SPLITS``) are removed from
 the training pool of every source; the count is logged.
 
+Semantic-segmentation sources (paper Tab. 6: ADE20K, Mapillary Vistas; `evf_sam.data.semantic`) join
+the mix through ``semantic_sources``: their rates are normalised together with the REFER rates, and a
+sample drawn from one is up to ``classes_per_image`` classes present in an image, each as the
+expression ``"[semantic] <class name>"`` with its mask. Without semantic sources every sample is
+exactly what it was before they existed (same random draws).
+
 `RandomTrainDataset` (``data.kind=random``) gives random images / masks / sentences of the same
 shapes with no files at all: for benchmarks and trainer tests.
 """
@@ -199,18 +205,22 @@ class ReferTrainDataset(_TrainBase):
     def __init__(self, root: str | Path, sources: Sequence[Source], *, tokenizer, sam_size: int, beit_size: int,
                  max_text_len: int, seed: int = 0, sentences_per_image: int = 3,
                  exclude_splits: Sequence[tuple[str, str]] = EXCLUDE_SPLITS, with_sam_images: bool = True,
-                 encoder: str = "beit3_large"):
+                 encoder: str = "beit3_large", semantic_sources: Sequence[Any] = (), resize_mode: str = "pad"):
         from evf_sam.data.refer import ReferDataset
 
         self.encoder = encoder
         self.root = Path(root)
-        check_refer_root(self.root, sources)
+        self.semantic = [s for s in semantic_sources if s.rate > 0]  # evf_sam.data.semantic.SemanticTrainSource
+        sources = [s for s in sources if s.rate > 0]
+        if sources or not self.semantic:
+            check_refer_root(self.root, sources)
         self.tokenizer, self.sam_size, self.beit_size = tokenizer, sam_size, beit_size
         self.max_text_len, self.seed, self.k = max_text_len, seed, sentences_per_image
         self.with_sam_images = with_sam_images
+        self.resize_mode = resize_mode  # model.resize_mode: "pad" (SAM-1) | "square" (EfficientSAM, SAM-2)
 
         excluded: set[int] = set()
-        for dataset, split_by in exclude_splits:
+        for dataset, split_by in (exclude_splits if sources else ()):
             if not _refs_file(self.root, dataset, split_by).is_file():
                 logger.warning("exclusion list: %s not found; its val/test images cannot be excluded",
                                _refs_file(self.root, dataset, split_by))
@@ -219,10 +229,10 @@ class ReferTrainDataset(_TrainBase):
             excluded |= set(_eval_image_ids(r))
         self.num_excluded_ids = len(excluded)
 
-        self.sources = [s for s in sources if s.rate > 0]
-        if not self.sources:
+        self.sources = sources
+        if not self.sources and not self.semantic:
             raise ValueError("data.sources: every sample rate is 0")
-        rates = np.array([s.rate for s in self.sources], dtype=np.float64)
+        rates = np.array([s.rate for s in self.sources] + [s.rate for s in self.semantic], dtype=np.float64)
         self.probs = rates / rates.sum()
         self.readers, self.images = [], []  # per source: reader, list of (image_id, [(ann_id, sentence)])
         self.excluded_per_source: dict[str, int] = {}
@@ -242,6 +252,8 @@ class ReferTrainDataset(_TrainBase):
     def summary(self) -> str:
         parts = [f"{s.name}={len(imgs)} images (p={p:.3f}, {self.excluded_per_source[s.name]} excluded)"
                  for s, imgs, p in zip(self.sources, self.images, self.probs)]
+        parts += [f"{s.name}={len(s)} semantic images (p={p:.3f}, up to {s.k} classes each, prefix {s.prefix!r})"
+                  for s, p in zip(self.semantic, self.probs[len(self.sources):])]
         return (f"training mix: {'; '.join(parts)}; excluded {self.num_excluded} training images that are in "
                 f"val/test splits of {', '.join(f'{d}|{b}' for d, b in EXCLUDE_SPLITS)}")
 
@@ -249,7 +261,10 @@ class ReferTrainDataset(_TrainBase):
         return image_id + (REFCLEF_ID_OFFSET if self.sources[source].dataset == "refclef" else 0)
 
     def image_ids(self) -> list[int]:
-        return sorted({self._key(i, iid) for i, imgs in enumerate(self.images) for iid, _ in imgs})
+        keys = {self._key(i, iid) for i, imgs in enumerate(self.images) for iid, _ in imgs}
+        for s in self.semantic:
+            keys.update(s.image_ids())
+        return sorted(keys)
 
     def _load(self, source: int, image_id: int) -> np.ndarray:
         from evf_sam.preprocess import load_image
@@ -259,30 +274,39 @@ class ReferTrainDataset(_TrainBase):
     def sam_image(self, key: int) -> Tensor:
         from evf_sam.preprocess import sam_preprocess
 
+        for s in self.semantic:
+            if s.owns(key):
+                return s.sam_image(key, self.sam_size)
         for i, s in enumerate(self.sources):
             iid = key - REFCLEF_ID_OFFSET if s.dataset == "refclef" else key
             if (s.dataset == "refclef") == (key >= REFCLEF_ID_OFFSET) and self.readers[i].has_image(iid):
-                return sam_preprocess(self._load(i, iid), self.sam_size)[0]
+                return sam_preprocess(self._load(i, iid), self.sam_size, self.resize_mode)[0]
         raise KeyError(f"image key {key} not in the training mix")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from evf_sam.preprocess import beit3_preprocess, resize_mask_like_sam, sam_preprocess, sam_resized_shape
+        from evf_sam.preprocess import (beit3_preprocess, resize_mask_like_sam, sam_preprocess, sam_resized_shape,
+                                        sam_valid_size)
 
         rng = _rng(self.seed, index)
-        src = int(rng.choice(len(self.sources), p=self.probs))
+        src = int(rng.choice(len(self.probs), p=self.probs))
+        if src >= len(self.sources):
+            return self.semantic[src - len(self.sources)].sample(rng, sam_size=self.sam_size, beit_size=self.beit_size,
+                                                                 with_sam_images=self.with_sam_images)
         image_id, pairs = self.images[src][int(rng.integers(len(self.images[src])))]
         take = rng.choice(len(pairs), size=min(self.k, len(pairs)), replace=False)
         reader = self.readers[src]
         image = self._load(src, image_id)
         h, w = image.shape[:2]
         if self.with_sam_images:
-            sam, input_size = sam_preprocess(image, self.sam_size)
+            sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode)
         else:
             sam, input_size = torch.zeros(3, 0, 0), sam_resized_shape(h, w, self.sam_size)
+        input_size = sam_valid_size(input_size, self.sam_size, self.resize_mode)  # the loss's region of the frame
         masks, sentences = [], []
         for j in take:
             ann_id, sent = pairs[int(j)]
-            masks.append(torch.from_numpy(resize_mask_like_sam(reader.ann_mask(ann_id), self.sam_size).astype(np.float32)))
+            mask = resize_mask_like_sam(reader.ann_mask(ann_id), self.sam_size, self.resize_mode)
+            masks.append(torch.from_numpy(mask.astype(np.float32)))
             sentences.append(sent)
         return {"sam_image": sam, "beit_image": beit3_preprocess(image, self.beit_size), "sentences": sentences,
                 "masks": torch.stack(masks), "input_size": tuple(int(x) for x in input_size),

@@ -58,13 +58,19 @@ def weights_hash(module: nn.Module) -> str:
 
 def cache_key(model: nn.Module, *, dtype: str = "float16", preprocess: dict | None = None) -> tuple[str, dict]:
     """(key, meta) for ``model`` (an EvfSam): SAM image-encoder weights + preprocessing parameters."""
+    from evf_sam.preprocess import PIXEL_MEAN, PIXEL_STD
+
     sam = model.sam
+    mean = sam.pixel_mean.flatten().tolist() if hasattr(sam, "pixel_mean") else PIXEL_MEAN  # backends: SAM's
+    std = sam.pixel_std.flatten().tolist() if hasattr(sam, "pixel_std") else PIXEL_STD
+    default = {"resize": "longest_side", "pad": "bottom_right_zero"} if model.resize_mode == "pad" \
+        else {"resize": "longest_side", "then": "bilinear_to_square"}
     meta = {
         "format": FORMAT_VERSION,
-        "image_size": int(sam.image_encoder.img_size),
-        "pixel_mean": [round(float(x), 6) for x in sam.pixel_mean.flatten().tolist()],
-        "pixel_std": [round(float(x), 6) for x in sam.pixel_std.flatten().tolist()],
-        "preprocess": dict(preprocess or {"resize": "longest_side", "pad": "bottom_right_zero"}),
+        "image_size": int(model.sam_image_size),
+        "pixel_mean": [round(float(x), 6) for x in mean],
+        "pixel_std": [round(float(x), 6) for x in std],
+        "preprocess": dict(preprocess or default),
         "dtype": dtype,
         "weights_sha256": weights_hash(sam.image_encoder),
     }
@@ -138,12 +144,16 @@ class EmbeddingCache:
 
         # Build: rank 0 allocates, every rank fills its rows, rank 0 finalises.
         enc = model.sam.image_encoder
-        s = int(enc.img_size)
+        s = int(model.sam_image_size)
         tmp = None
         if D.is_main():
-            root.mkdir(parents=True, exist_ok=True)
             with torch.no_grad():
-                probe = enc(torch.zeros(1, 3, s, s, device=device, dtype=next(enc.parameters()).dtype))
+                probe = model.encode_image(torch.zeros(1, 3, s, s, device=device, dtype=next(enc.parameters()).dtype))
+            if not isinstance(probe, torch.Tensor):
+                raise ValueError(f"data.embedding_cache: SAM {model.config.sam_variant!r} gives multi-scale image "
+                                 f"features ({len(probe)} tensors), which the cache does not store; set "
+                                 f"data.embedding_cache=null for SAM-2 runs")
+            root.mkdir(parents=True, exist_ok=True)
             shape = list(probe.shape[1:])
             tmp = root / f"{key}.tmp-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
@@ -162,9 +172,9 @@ class EmbeddingCache:
                 x = torch.stack([load_sam_image(wanted[r]) for r in rows]).to(device)
                 if autocast_dtype is not None and torch.device(device).type == "cuda":
                     with torch.autocast("cuda", dtype=autocast_dtype):
-                        emb = enc(x)
+                        emb = model.encode_image(x)
                 else:
-                    emb = enc(x.to(next(enc.parameters()).dtype))
+                    emb = model.encode_image(x.to(next(enc.parameters()).dtype))
                 arr[rows] = emb.float().cpu().numpy().astype(_DTYPES[dtype])
         enc.train(was_training)
         arr.flush()

@@ -8,6 +8,10 @@ Per image: one ``encode_image``; all its expressions go through ``encode_prompts
 ``decode_masks`` as one batch; mask = postprocessed logits (original size) > 0, as the official
 evaluation. Under torch.distributed rank r evaluates images r, r + W, ... and the integer metric
 sums are all-reduced, so the numbers are identical for every world size (with batch_size=1).
+
+Semantic-segmentation splits (`evf_sam.data.semantic.SemanticEvalDataset`, paper Tab. 6) give items
+with a class id per expression (and optionally an ignore mask, left out of I and U): the result then
+also has ``miou`` (per-class ΣI/ΣU, mean over the classes that occur) and ``n_classes``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from evf_sam.metrics import RefMetrics
 
 __all__ = ["METRIC_KEYS", "evaluate", "format_paper_table", "run_eval_from_config", "write_results"]
 
-METRIC_KEYS = ("ciou", "giou", "pr@0.5", "pr@0.6", "pr@0.7", "pr@0.8", "pr@0.9", "n_expressions", "n_images")
+METRIC_KEYS = ("ciou", "giou", "pr@0.5", "pr@0.6", "pr@0.7", "pr@0.8", "pr@0.9", "n_expressions", "n_images",
+               "miou")  # miou: semantic splits only (empty in results.csv for REFER splits)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_DATASET_TITLES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg", "refclef": "RefCLEF"}
+_DATASET_TITLES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg", "refclef": "RefCLEF",
+                   "ade20k": "ADE20K", "mapillary": "Mapillary"}
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,11 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     was_training = model.training
     model.eval()
     metrics = RefMetrics()
+    class_iou = None
+    if getattr(dataset, "num_classes", None):  # semantic-segmentation split: + mIoU over its classes
+        from evf_sam.data.semantic import ClassIoU
+
+        class_iou = ClassIoU(dataset.num_classes)
     loader = torch.utils.data.DataLoader(shard, batch_size=max(1, int(batch_size)), shuffle=False,
                                          num_workers=int(num_workers), collate_fn=list)
     bar = None
@@ -107,7 +118,12 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
                 n = len(it.sentences)
                 logits = model.postprocess_masks(low_res[start:start + n].float(), it.input_size, it.original_size)
                 pred = logits[:, 0] > 0  # (n, H, W)
-                metrics.update(pred, it.gt_masks.to(device))
+                ignore = getattr(it, "ignore_mask", None)
+                if ignore is not None:  # (H, W) unlabeled pixels of semantic data: in neither I nor U
+                    pred = pred & ~ignore.to(device)
+                inter, union = metrics.update(pred, it.gt_masks.to(device))
+                if class_iou is not None:
+                    class_iou.update(it.class_ids, inter, union)
                 metrics.add_images(1)
                 if save_dir is not None:
                     _save_masks(save_dir, it, pred)
@@ -121,7 +137,12 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
             model.train()
     if world_size > 1 and dist_on:
         metrics.all_reduce(device if dist.get_backend() == "nccl" else "cpu")
-    return metrics.compute()
+        if class_iou is not None:
+            class_iou.all_reduce(device if dist.get_backend() == "nccl" else "cpu")
+    out = metrics.compute()
+    if class_iou is not None:
+        out.update(class_iou.compute())
+    return out
 
 
 def _save_masks(save_dir: Path, item, pred: torch.Tensor) -> None:
@@ -188,12 +209,43 @@ def write_results(out_dir: str | Path, results: dict[str, dict[str, Any]], *, co
     return paths
 
 
+_SEMANTIC_SPLITS = {"val": "validation", "validation": "validation", "train": "training", "training": "training"}
+
+
+def _parse_eval_split(name: str) -> tuple[str, str, str]:
+    """REFER ``dataset|split_by|split`` or a semantic split ``ade20k|semantic|val`` / ``mapillary|semantic|val``."""
+    from evf_sam.data.refer import parse_split_name
+
+    parts = [p.strip() for p in str(name).split("|")]
+    if len(parts) == 3 and parts[1] == "semantic":
+        if parts[0] not in ("ade20k", "mapillary") or parts[2] not in _SEMANTIC_SPLITS:
+            raise ValueError(f"semantic split {name!r}: expected 'ade20k|semantic|val' or 'mapillary|semantic|val'")
+        return parts[0], "semantic", _SEMANTIC_SPLITS[parts[2]]
+    return parse_split_name(name)
+
+
+def _semantic_eval_dataset(cfg, model, tokenizer, dataset: str, split: str):
+    """`SemanticEvalDataset` under ``data.semantic_root`` (default ``data.root``). Expressions are
+    ``semantic_prefix + class name``; ``semantic_prefix: auto`` uses ``"[semantic] "`` when the
+    tokenizer has that token (the multitask release) and the bare class name otherwise."""
+    from evf_sam.data.semantic import SemanticEvalDataset, build_semantic_reader
+    from evf_sam.tokenizer import SEMANTIC_PREFIX, semantic_token_id
+
+    root = cfg.data.get("semantic_root") or cfg.data.root
+    prefix = cfg.get("semantic_prefix", "auto")
+    if prefix is None or str(prefix) == "auto":
+        prefix = SEMANTIC_PREFIX if semantic_token_id(tokenizer) is not None else ""
+    return SemanticEvalDataset(build_semantic_reader(dataset, root, split), sam_size=model.sam_image_size,
+                               beit_size=model.beit_image_size, prefix=str(prefix),
+                               ignore_unlabeled=bool(cfg.get("semantic_ignore_unlabeled", True)),
+                               resize_mode=model.resize_mode)
+
+
 def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
     """scripts/eval_refcoco.py: loads the checkpoint, evaluates ``cfg.splits``, writes the results."""
     from omegaconf import OmegaConf
 
     from evf_sam.data.eval_dataset import build_eval_dataset
-    from evf_sam.data.refer import parse_split_name
     from evf_sam.engine import distributed as D
     from evf_sam.models.evf_sam import EvfSam
 
@@ -201,7 +253,7 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
         raise ValueError(f"precision must be one of {list(_DTYPES)}, got {cfg.precision!r}")
     dtype = _DTYPES[cfg.precision]
     splits = [cfg.splits] if isinstance(cfg.splits, str) else list(cfg.splits)
-    parsed = [parse_split_name(s) for s in splits]  # fail fast on a typo, before loading anything
+    parsed = [_parse_eval_split(s) for s in splits]  # fail fast on a typo, before loading anything
     info = D.init_distributed(str(cfg.device))
     if info.device.type == "cpu" and dtype == torch.float16:
         raise ValueError("precision=fp16 needs CUDA (CPU kernels lack fp16 convolutions); use fp32 or bf16")
@@ -233,8 +285,11 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
 
     results: dict[str, dict[str, Any]] = {}
     for name, (dataset, split_by, split) in zip(splits, parsed):
-        ds = build_eval_dataset(cfg.data.root, dataset, split_by, split, sam_size=model.sam_image_size,
-                                beit_size=model.beit_image_size)
+        if split_by == "semantic":  # ADE20K / Mapillary val (paper Tab. 6): one expression per class present
+            ds = _semantic_eval_dataset(cfg, model, tokenizer, dataset, split)
+        else:
+            ds = build_eval_dataset(cfg.data.root, dataset, split_by, split, sam_size=model.sam_image_size,
+                                    beit_size=model.beit_image_size, resize_mode=model.resize_mode)
         save = out_dir / "masks" / name.replace("|", "_") if cfg.get("save_masks") else None
         m = evaluate(model, tokenizer, ds, device=info.device, dtype=dtype, max_images=cfg.get("max_images"),
                      save_masks_dir=save, progress=bool(cfg.get("progress", True)),
@@ -242,7 +297,8 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
                      max_text_len=cfg.get("max_text_len"))
         results[name] = m
         if D.is_main():
-            print(f"{name}: cIoU {100 * m['ciou']:.2f}  gIoU {100 * m['giou']:.2f}  "
+            miou = f"  mIoU {100 * m['miou']:.2f}" if "miou" in m else ""
+            print(f"{name}: cIoU {100 * m['ciou']:.2f}  gIoU {100 * m['giou']:.2f}{miou}  "
                   f"({m['n_expressions']} expressions, {m['n_images']} images)", flush=True)
     if D.is_main():
         row = ckpt.name or str(ckpt)

@@ -38,6 +38,7 @@ from evf_sam.data.batch import Batch
 from evf_sam.engine import distributed as D
 from evf_sam.engine.losses import mask_losses, valid_mask
 from evf_sam.engine.optim import apply_trainable, build_optimizer, build_scheduler, format_param_table
+from evf_sam.models.sam_backends import sam_family
 
 __all__ = ["NonFiniteLossError", "TrainState", "Trainer", "build_deepspeed_config", "find_latest_checkpoint",
            "resolve_precision", "train"]
@@ -206,6 +207,9 @@ class Trainer:
 
         # 3. data
         self.use_cache = bool(cfg.data.get("embedding_cache"))
+        if self.use_cache and sam_family(self.model.config.sam_variant) == "sam2":
+            raise ValueError(f"data.embedding_cache is set, but SAM {self.model.config.sam_variant!r} gives "
+                             f"multi-scale image features that the cache does not store; set data.embedding_cache=null")
         self.dataset = build_train_dataset(cfg, self.model, self.tokenizer, with_sam_images=not self.use_cache)
         if hasattr(self.dataset, "summary"):
             logger.info(self.dataset.summary())
@@ -471,7 +475,9 @@ class Trainer:
             final = self.export(self.run_dir / "final")
             results.update(final=str(final))
             if metrics is not None:
+                extra = metrics.pop("extra_splits", None) or {}  # e.g. ade20k|semantic|val (data.val_semantic)
                 results[metrics["split"]] = metrics
+                results.update(extra)
             if self.rank == 0:
                 best = {"step": self.state.best_step, self.cfg.trainer.best_metric: self.state.best_metric,
                         "path": str(self.run_dir / "best")} if self.state.best_step >= 0 else None
@@ -490,6 +496,11 @@ class Trainer:
         rec = {"type": "val", "step": self.state.step, **{k: v for k, v in metrics.items()
                                                           if isinstance(v, (int, float, str))}}
         self._log(rec)
+        for name, m in (metrics.get("extra_splits") or {}).items():  # data.val_semantic
+            self._log({"type": "val", "step": self.state.step, **{k: v for k, v in m.items()
+                                                                  if isinstance(v, (int, float, str))}})
+            logger.info("validation step %d on %s: %s", self.state.step, name,
+                        ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)))
         key = self.cfg.trainer.best_metric
         logger.info("validation step %d on %s: %s", self.state.step, metrics.get("split"),
                     ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
@@ -554,7 +565,9 @@ def prepare_data(cfg, run_dir: Path) -> dict[str, Any]:
             stats = make_synthetic_refer(root, **kwargs)
             logger.info("synthetic REFER data in %s (%s)", root, "reused" if stats.get("reused") else "generated")
         D.barrier()
-    check_refer_root(dc.root, _sources(dc))
+    if _sources(dc) or not _semantic_specs(dc):
+        check_refer_root(dc.root, _sources(dc))
+    _semantic_readers(dc)  # ADE20K / Mapillary layout (FileNotFoundError naming the path), before any model
     return {"kind": "refer", "root": str(dc.root)}
 
 
@@ -585,6 +598,10 @@ def build_model_and_tokenizer(cfg, run_dir: Path):
             if cfg.data.kind == "refer" and corpus.is_file():
                 sentences += [x for x in corpus.read_text().splitlines() if x.strip()]
             train_sentencepiece(sentences, tok_dir, int(mc.get("tiny_vocab_size", 128)))
+            if _uses_semantic_prefix(cfg.data):  # the multitask release's added token, next free id
+                from evf_sam.tokenizer import SEMANTIC_TOKEN, add_tokens
+
+                add_tokens(tok_dir, [SEMANTIC_TOKEN])
         D.barrier()
     tokenizer = load_encoder_tokenizer(str(mc.encoder), tok_dir)
     if mc.get("init_from"):
@@ -619,6 +636,92 @@ def _max_text_len(cfg, model) -> int:
     return int(min(n, model.max_text_len)) if n else int(model.max_text_len)
 
 
+# -- semantic-segmentation data (paper Tab. 6; configs/data/refer_mix_semantic.yaml) ---------------
+
+def _semantic_specs(dc) -> list[dict[str, Any]]:
+    """``data.semantic_sources`` with rate > 0: [{name, dataset, split, rate, root, version}]."""
+    out = []
+    for name, s in (dc.get("semantic_sources") or {}).items():
+        if s is None or float(s.get("rate", 0.0)) <= 0:
+            continue
+        out.append({"name": str(name), "dataset": str(s.get("dataset", name)), "split": str(s.get("split", "training")),
+                    "rate": float(s.rate), "root": str(s.get("root") or _semantic_root(dc)),
+                    "version": str(s.get("version", "auto"))})
+    return out
+
+
+def _semantic_root(dc) -> str:
+    root = dc.get("semantic_root") or dc.get("root")
+    if not root:
+        raise ValueError("data.semantic_root is not set: the directory holding ADEChallengeData2016/ and mapillary/ "
+                         "(see data/README.md)")
+    return str(root)
+
+
+def _semantic_prefix(dc) -> str:
+    from evf_sam.tokenizer import SEMANTIC_PREFIX
+
+    p = dc.get("semantic_prefix")
+    return SEMANTIC_PREFIX if p is None else str(p)
+
+
+def _val_semantic_prefix(dc) -> str:
+    """``data.val_semantic.prefix``; "auto": the training prefix if semantic data is trained on, else none
+    (a model trained on RES data only is asked with the bare class name, as EVF-SAM's ValDataset does)."""
+    vs = dc.get("val_semantic")
+    p = "auto" if vs is None else vs.get("prefix", "auto")
+    if p is None:
+        return ""
+    if str(p) == "auto":
+        return _semantic_prefix(dc) if _semantic_specs(dc) else ""
+    return str(p)
+
+
+def _uses_semantic_prefix(dc) -> bool:
+    from evf_sam.tokenizer import SEMANTIC_TOKEN
+
+    if dc.get("kind") != "refer":
+        return False
+    train = bool(_semantic_specs(dc)) and SEMANTIC_TOKEN in _semantic_prefix(dc)
+    return train or (dc.get("val_semantic") is not None and SEMANTIC_TOKEN in _val_semantic_prefix(dc))
+
+
+def _semantic_readers(dc, *, val: bool = True) -> dict[str, Any]:
+    """Readers of the semantic training sources (+ ``"val"``: the validation split); raise naming what is missing."""
+    from evf_sam.data.semantic import build_semantic_reader
+
+    out = {}
+    for sp in _semantic_specs(dc):
+        kw = {"version": sp["version"]} if sp["dataset"] == "mapillary" else {}
+        out[sp["name"]] = build_semantic_reader(sp["dataset"], sp["root"], sp["split"], **kw)
+    vs = dc.get("val_semantic")
+    if val and vs is not None:
+        kw = {"version": str(vs.get("version", "auto"))} if str(vs.dataset) == "mapillary" else {}
+        out["val"] = build_semantic_reader(str(vs.dataset), str(vs.get("root") or _semantic_root(dc)),
+                                           str(vs.get("split", "validation")), **kw)
+    return out
+
+
+def _check_semantic_tokenizer(cfg, model, tokenizer) -> None:
+    """``[semantic]`` must be one token of the tokenizer with a row in the text embedding."""
+    if not _uses_semantic_prefix(cfg.data):
+        return
+    from torch import nn
+
+    from evf_sam.tokenizer import require_semantic_token
+
+    emb = getattr(getattr(model, "encoder", None), "text_embed", None)
+    require_semantic_token(tokenizer, emb.num_embeddings if isinstance(emb, nn.Embedding) else None)
+
+
+@dataclass
+class ValidationSets:
+    """``data.val`` (``primary``, may be None) plus extra splits by name (``data.val_semantic``)."""
+
+    primary: Any
+    extra: dict[str, Any]
+
+
 def build_train_dataset(cfg, model, tokenizer, *, with_sam_images: bool = True):
     from evf_sam.data.train_dataset import RandomTrainDataset, ReferTrainDataset
 
@@ -628,11 +731,38 @@ def build_train_dataset(cfg, model, tokenizer, *, with_sam_images: bool = True):
                   sentences_per_image=int(dc.sentences_per_image), with_sam_images=with_sam_images)
     if dc.kind == "random":
         return RandomTrainDataset(num_images=int(dc.num_images), encoder=str(cfg.model.encoder), **common)
-    return ReferTrainDataset(dc.root, _sources(dc), encoder=str(cfg.model.encoder), **common)
+    semantic = []
+    specs = _semantic_specs(dc)
+    if specs:
+        from evf_sam.data.semantic import SemanticTrainSource
+
+        _check_semantic_tokenizer(cfg, model, tokenizer)
+        readers = _semantic_readers(dc, val=False)
+        semantic = [SemanticTrainSource(readers[sp["name"]], name=sp["name"], rate=sp["rate"], index=i,
+                                        classes_per_image=int(dc.get("classes_per_image", 3)),
+                                        prefix=_semantic_prefix(dc), resize_mode=model.resize_mode)
+                    for i, sp in enumerate(specs)]
+    return ReferTrainDataset(dc.root, _sources(dc), encoder=str(cfg.model.encoder), semantic_sources=semantic,
+                             resize_mode=model.resize_mode, **common)
 
 
 def build_val_dataset(cfg, model):
-    """The validation split (``data.val``), or None when ``data.val`` is null."""
+    """The validation split (``data.val``), or None when ``data.val`` is null; with ``data.val_semantic``
+    a `ValidationSets` (``data.val`` + the semantic split, e.g. ``ade20k|semantic|val``)."""
+    vs = cfg.data.get("val_semantic") if cfg.data.kind == "refer" else None
+    if vs is not None:
+        from evf_sam.data.semantic import SemanticEvalDataset
+
+        sem = SemanticEvalDataset(_semantic_readers(cfg.data)["val"], sam_size=model.sam_image_size,
+                                  beit_size=model.beit_image_size, max_images=vs.get("max_images"),
+                                  prefix=_val_semantic_prefix(cfg.data),
+                                  ignore_unlabeled=bool(vs.get("ignore_unlabeled", True)),
+                                  resize_mode=model.resize_mode)
+        return ValidationSets(primary=_primary_val_dataset(cfg, model), extra={sem.name: sem})
+    return _primary_val_dataset(cfg, model)
+
+
+def _primary_val_dataset(cfg, model):
     vc = cfg.data.get("val")
     if vc is None:
         return None
@@ -643,24 +773,46 @@ def build_val_dataset(cfg, model):
 
     return build_eval_dataset(cfg.data.root, str(vc.dataset), str(vc.split_by), str(vc.split),
                               sam_size=model.sam_image_size, beit_size=model.beit_image_size,
-                              max_images=vc.get("max_images"))
+                              max_images=vc.get("max_images"), resize_mode=model.resize_mode)
 
 
 @torch.no_grad()
 def run_validation(cfg, model, tokenizer, val_dataset, *, device, dtype) -> dict[str, Any]:
-    """cIoU / gIoU (+ whatever `evaluate` reports) of ``model`` on the validation split, on every rank."""
+    """cIoU / gIoU (+ whatever `evaluate` reports) of ``model`` on the validation split, on every rank.
+
+    With `ValidationSets` the extra splits' metrics come under ``"extra_splits": {name: {...}}`` (each
+    with ``miou`` for semantic splits); without ``data.val`` the first extra split is the main one.
+    """
+    if isinstance(val_dataset, ValidationSets):
+        extra = {}
+        for name, ds in val_dataset.extra.items():
+            _check_semantic_tokenizer(cfg, model, tokenizer)
+            vs = cfg.data.get("val_semantic") or {}
+            m = _evaluate_split(cfg, model, tokenizer, ds, batch_size=int(vs.get("batch_size", 4)), device=device,
+                                dtype=dtype)
+            extra[name] = {"split": name, **m}
+        if val_dataset.primary is None:
+            first = next(iter(extra))
+            return {**extra.pop(first), "extra_splits": extra}
+        return {**run_validation(cfg, model, tokenizer, val_dataset.primary, device=device, dtype=dtype),
+                "extra_splits": extra}
     vc = cfg.data.val
     split = f"{vc.get('dataset', 'random')}|{vc.get('split_by', '-')}|{vc.get('split', 'val')}"
     if isinstance(val_dataset, tuple) and val_dataset[0] == "random":
         return {"split": split, **_random_validation(cfg, model, tokenizer, val_dataset[1], device=device,
                                                      dtype=dtype)}
+    return {"split": split, **_evaluate_split(cfg, model, tokenizer, val_dataset,
+                                              batch_size=int(vc.get("batch_size", 4)), device=device, dtype=dtype)}
+
+
+def _evaluate_split(cfg, model, tokenizer, dataset, *, batch_size: int, device, dtype) -> dict[str, Any]:
     from evf_sam.engine.evaluate import evaluate
 
-    metrics = evaluate(model, tokenizer, val_dataset, batch_size=int(vc.get("batch_size", 4)), device=device,
+    metrics = evaluate(model, tokenizer, dataset, batch_size=batch_size, device=device,
                        dtype=dtype, max_text_len=_max_text_len(cfg, model), progress=False)
     if not isinstance(metrics, dict):
         metrics = dict(vars(metrics))
-    return {"split": split, **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}}
+    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
 
 
 def _random_validation(cfg, model, tokenizer, num_images: int, *, device, dtype) -> dict[str, float]:

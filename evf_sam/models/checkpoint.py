@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # evf_sam.models.evf_sam imports this module
     from evf_sam.models.evf_sam import EvfSam, EvfSamConfig
 
 __all__ = [
+    "ARCHITECTURES",
     "ENCODER_SCALES",
     "NAME_MAP",
     "SAM_SCALES",
@@ -74,6 +75,14 @@ NAME_MAP: tuple[tuple[str, str], ...] = (
 )
 # official config.json values <-> our registry names
 SAM_SCALES: dict[str, str] = {"huge": "vit_h", "large": "vit_l", "base": "vit_b"}
+# official "architectures" -> its "sam_scale" table (hustvl/EVF-SAM model/evf_sam.py, evf_effisam.py,
+# evf_sam2.py: EfficientSAM "small"/"tiny" = vits/vitt, SAM-2 "large"/"tiny" = sam2_hiera_l/t)
+ARCHITECTURES: dict[str, dict[str, str]] = {
+    "EvfSamModel": SAM_SCALES,
+    "EvfEffiSamModel": {"small": "efficient_sam_s", "tiny": "efficient_sam_t"},
+    "EvfSam2Model": {"large": "sam2_hiera_l", "tiny": "sam2_hiera_t"},
+}
+_FAMILY_ARCHITECTURE = {"sam": "EvfSamModel", "efficient_sam": "EvfEffiSamModel", "sam2": "EvfSam2Model"}
 ENCODER_SCALES: dict[str, str] = {"large": "beit3_large", "base": "beit3_base"}
 
 CONFIG_FILE = "config.json"
@@ -268,14 +277,11 @@ def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -
     from evf_sam.models.evf_sam import EvfSamConfig
 
     archs = list(cfg.get("architectures") or [])
-    if "EvfSam2Model" in archs:
-        raise ValueError(
-            f"{source}: architectures={archs} is an EVF-SAM2 checkpoint (SAM-2 mask decoder, "
-            f"sam_scale={cfg.get('sam_scale')!r}); SAM-2 is not supported by EvfSam, which wraps SAM-1 "
-            f"(vit_h / vit_l / vit_b). Use an EVF-SAM (EvfSamModel) checkpoint."
-        )
-    if archs and "EvfSamModel" not in archs:
-        raise ValueError(f"{source}: architectures={archs}; expected ['EvfSamModel']")
+    known = [a for a in archs if a in ARCHITECTURES]
+    if archs and not known:
+        raise ValueError(f"{source}: architectures={archs}; expected one of "
+                         f"{', '.join(repr([a]) for a in ARCHITECTURES)}")
+    sam_scales = ARCHITECTURES[known[0] if known else "EvfSamModel"]
     if cfg.get("model_type", "evf") != "evf":
         raise ValueError(f"{source}: model_type={cfg.get('model_type')!r}; expected 'evf'")
 
@@ -293,7 +299,13 @@ def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -
                              f"{ours_key}={ours!r}")
         return ours
 
-    sam_variant = pick("sam_variant", "sam_scale", SAM_SCALES)
+    sam_variant = pick("sam_variant", "sam_scale", sam_scales)
+    if known:
+        from evf_sam.models.sam_backends import sam_family
+
+        if _FAMILY_ARCHITECTURE.get(sam_family(sam_variant)) != known[0]:
+            raise ValueError(f"{source}: architectures={archs} but sam_variant={sam_variant!r} is a "
+                             f"{sam_family(sam_variant)} model ({_FAMILY_ARCHITECTURE[sam_family(sam_variant)]})")
     encoder = pick("encoder", "mm_extractor_scale", ENCODER_SCALES)
     return EvfSamConfig(
         sam_variant=sam_variant,
@@ -350,8 +362,10 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
     s_dim = dim("visual_model.image_encoder.patch_embed.proj.weight", 0)
     s_depth = count("visual_model.image_encoder.blocks.")
     img = model.sam.image_encoder
-    want = (img.patch_embed.proj.out_channels, len(img.blocks))
-    if s_dim is not None and (s_dim, s_depth) != want:
+    from segment_anything.modeling import Sam
+
+    want = (img.patch_embed.proj.out_channels, len(img.blocks)) if isinstance(model.sam, Sam) else None
+    if want is not None and s_dim is not None and (s_dim, s_depth) != want:
         from evf_sam.models.sam import SAM_CONFIGS
 
         guess = [n for n, a in SAM_CONFIGS.items() if (a.encoder_embed_dim, a.encoder_depth) == (s_dim, s_depth)]
@@ -418,18 +432,33 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32,
 
 
 def _materialise_meta(model: nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
-    """Non-persistent buffers (``sam.pixel_mean`` / ``pixel_std``) are not in the files: rebuild them."""
+    """Non-persistent buffers are not in the files: rebuild them (``sam.pixel_mean`` / ``pixel_std``
+    from the constants; any other, e.g. a backend's fixed positional tables, from a fresh CPU build
+    of that SAM variant, whose constructor computes them)."""
     from evf_sam.models.sam import PIXEL_MEAN, PIXEL_STD
 
     consts = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
+    fresh: dict[str, Tensor] | None = None
     for mod_name, mod in model.named_modules():
         for name, buf in list(mod._buffers.items()):
             if buf is None:
                 continue
             if buf.is_meta:
-                if name not in consts:
-                    raise RuntimeError(f"buffer {mod_name}.{name} is neither in the checkpoint nor a known constant")
-                buf = torch.tensor(consts[name], dtype=torch.float32).view(-1, 1, 1)
+                full = f"{mod_name}.{name}"
+                if name in consts:
+                    buf = torch.tensor(consts[name], dtype=torch.float32).view(-1, 1, 1)
+                elif full.startswith("sam."):
+                    if fresh is None:
+                        from evf_sam.models.sam_backends import build_sam_backend
+
+                        with torch.device("cpu"):
+                            fresh = dict(build_sam_backend(model.config.sam_variant).named_buffers())
+                    if full[len("sam."):] not in fresh:
+                        raise RuntimeError(f"buffer {full} is neither in the checkpoint nor built by SAM "
+                                           f"{model.config.sam_variant}")
+                    buf = fresh[full[len("sam."):]]
+                else:
+                    raise RuntimeError(f"buffer {full} is neither in the checkpoint nor a known constant")
             mod._buffers[name] = buf.to(device=device, dtype=dtype if buf.is_floating_point() else None)
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
@@ -457,12 +486,15 @@ def official_config(model: "EvfSam", torch_dtype: torch.dtype) -> dict[str, Any]
 
     import transformers
 
+    from evf_sam.models.sam_backends import sam_family
+
     c = model.config
-    sam_scale = {v: k for k, v in SAM_SCALES.items()}.get(c.sam_variant, c.sam_variant)
+    arch = _FAMILY_ARCHITECTURE[sam_family(c.sam_variant)]
+    sam_scale = {v: k for k, v in ARCHITECTURES[arch].items()}.get(c.sam_variant, c.sam_variant)
     enc_scale = {v: k for k, v in ENCODER_SCALES.items()}.get(c.encoder, c.encoder)
     dtype_name = {v: k for k, v in _DTYPES.items()}[torch_dtype]
     cfg = {
-        "architectures": ["EvfSamModel"],
+        "architectures": [arch],
         "model_type": "evf",
         "sam_scale": sam_scale,
         "mm_extractor_scale": enc_scale,

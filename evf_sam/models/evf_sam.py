@@ -25,7 +25,7 @@ from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
 from evf_sam.models.projector import Projector
-from evf_sam.models.sam import SAM_CONFIGS, build_sam
+from evf_sam.models.sam_backends import SAM_VARIANTS, build_sam_backend
 
 __all__ = ["EvfSam", "EvfSamConfig", "build_evf_sam"]
 
@@ -34,7 +34,7 @@ __all__ = ["EvfSam", "EvfSamConfig", "build_evf_sam"]
 class EvfSamConfig:
     """Architecture of an EVF-SAM model; serialised into config.json next to the official fields."""
 
-    sam_variant: str = "vit_h"  # build_sam registry; official "sam_scale": huge/large/base <-> vit_h/vit_l/vit_b
+    sam_variant: str = "vit_h"  # models/sam_backends.py: vit_h/l/b (SAM), efficient_sam_s/t, sam2_hiera_l/t
     encoder: str = "beit3_large"  # BEIT3_CONFIGS; official "mm_extractor_scale": large/base <-> beit3_large/base
     encoder_overrides: dict[str, Any] = field(default_factory=dict)  # BEiT3Config field overrides (tiny, fused_layers)
     out_dim: int | None = None  # projector output = SAM prompt embed dim; None = derive from SAM (256 for vit_*)
@@ -46,8 +46,8 @@ class EvfSamConfig:
     encoder_path: str | None = None  # CLIP / ViLT: local transformers directory with pretrained weights
 
     def __post_init__(self) -> None:
-        if self.sam_variant not in SAM_CONFIGS:
-            raise ValueError(f"unknown sam_variant {self.sam_variant!r}; choose one of {', '.join(SAM_CONFIGS)}")
+        if self.sam_variant not in SAM_VARIANTS:
+            raise ValueError(f"unknown sam_variant {self.sam_variant!r}; choose one of {', '.join(SAM_VARIANTS)}")
         self.encoder_overrides = dict(self.encoder_overrides or {})
 
     def is_official_encoder(self) -> bool:
@@ -70,19 +70,22 @@ class EvfSamConfig:
 class EvfSam(nn.Module):
     """BEiT-3 encoder + projector + SAM (image encoder, prompt encoder, mask decoder).
 
+    ``sam`` is segment-anything's ``Sam`` (the official EVF-SAM) or an EfficientSAM / SAM-2 backend
+    (paper Tab. 7) implementing the protocol of `evf_sam.models.sam_backends`.
+
     Attributes:
         encoder: `BEiT3` (torchscale names; official ``mm_extractor.beit3``). Any module with the
             same call signature that returns either a `BEiT3Output` or an (N, D) feature tensor
             (e.g. `evf_sam.models.encoders.PromptEncoderAdapter`) also works.
         projector: `Projector` D -> C (official ``text_hidden_fcs.0``)
-        sam: `segment_anything.modeling.Sam` (official ``visual_model``)
+        sam: `segment_anything.modeling.Sam` or a backend of `sam_backends` (official ``visual_model``)
         config: `EvfSamConfig`
     """
 
-    def __init__(self, *, encoder: nn.Module, projector: Projector, sam: Sam, config: EvfSamConfig) -> None:
+    def __init__(self, *, encoder: nn.Module, projector: Projector, sam: nn.Module, config: EvfSamConfig) -> None:
         super().__init__()
         width = _encoder_width(encoder)
-        prompt_dim = sam.prompt_encoder.embed_dim
+        prompt_dim = _sam_prompt_dim(sam)
         if projector.in_dim != width:
             raise ValueError(f"projector in_dim={projector.in_dim} clashes with encoder width {width}")
         if projector.out_dim != prompt_dim:
@@ -108,15 +111,26 @@ class EvfSam(nn.Module):
         return self
 
     def _keep_pe_float32(self) -> None:
-        pe = self.sam.prompt_encoder.pe_layer
-        pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
+        for mod in self.sam.modules():  # SAM, EfficientSAM and SAM-2 prompt encoders all have one
+            if isinstance(getattr(mod, "positional_encoding_gaussian_matrix", None), Tensor):
+                mod.positional_encoding_gaussian_matrix = mod.positional_encoding_gaussian_matrix.float()
 
     # -- sizes --------------------------------------------------------------------------------
 
     @property
+    def _segment_anything(self) -> bool:
+        """True for segment-anything's ``Sam``; False for an EfficientSAM / SAM-2 backend."""
+        return isinstance(self.sam, Sam)
+
+    @property
     def sam_image_size(self) -> int:
-        """S: the padded square SAM input (1024 for vit_*, 256 for tiny)."""
-        return int(self.sam.image_encoder.img_size)
+        """S: the square SAM input (1024 for vit_* / EfficientSAM / SAM-2, 256 for tiny)."""
+        return int(self.sam.image_encoder.img_size if self._segment_anything else self.sam.image_size)
+
+    @property
+    def resize_mode(self) -> str:
+        """SAM-branch preprocessing: "pad" (SAM-1) or "square" (EfficientSAM, SAM-2); see preprocess.py."""
+        return "pad" if self._segment_anything else str(self.sam.resize_mode)
 
     @property
     def beit_image_size(self) -> int:
@@ -133,7 +147,9 @@ class EvfSam(nn.Module):
     @property
     def image_embedding_size(self) -> tuple[int, int]:
         """(h, w) of the SAM image embedding; low-res masks are (4h, 4w)."""
-        return tuple(self.sam.prompt_encoder.image_embedding_size)
+        if self._segment_anything:
+            return tuple(self.sam.prompt_encoder.image_embedding_size)
+        return tuple(self.sam.image_embedding_size)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -148,14 +164,17 @@ class EvfSam(nn.Module):
     def _image_encoder_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.sam.image_encoder.parameters())
 
-    def encode_image(self, sam_images: Tensor) -> Tensor:
+    def encode_image(self, sam_images: Tensor) -> Tensor | tuple[Tensor, ...]:
         """SAM image encoder (no_grad when its parameters are frozen).
 
-        sam_images: (B, 3, S, S) normalised + zero-padded  ->  (B, C, S/16, S/16)
+        sam_images: (B, 3, S, S) normalised (+ zero-padded for SAM-1)  ->  (B, C, S/16, S/16)
+        (SAM-2: a tuple, the (B, C, S/16, S/16) embedding first, then its high-resolution features)
         """
         s = self.sam_image_size
         if sam_images.dim() != 4 or tuple(sam_images.shape[-2:]) != (s, s):
             raise ValueError(f"sam_images must be (B, 3, {s}, {s}), got {tuple(sam_images.shape)}")
+        if not self._segment_anything:  # the backend disables grad for its frozen encoder itself (SAM-2's
+            return self.sam.encode_image(sam_images)  # conv_s0/s1 belong to the mask decoder and may train)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._image_encoder_frozen()):
             return self.sam.image_encoder(sam_images)
 
@@ -190,6 +209,11 @@ class EvfSam(nn.Module):
             multimask_output = self.config.multimask_output
         if prompt_embeddings.dim() == 2:
             prompt_embeddings = prompt_embeddings[:, None]
+        if not self._segment_anything:  # EfficientSAM / SAM-2: the backend's own (batched) decoder
+            if image_index is not None:
+                image_index = image_index.to(device=prompt_embeddings.device, dtype=torch.long)
+            return self.sam.decode_text_prompts(image_embeddings, prompt_embeddings, image_index,
+                                                bool(multimask_output))
         b, c, h, w = image_embeddings.shape
         n = prompt_embeddings.shape[0]
         pe_mod, dec = self.sam.prompt_encoder, self.sam.mask_decoder
@@ -239,6 +263,7 @@ class EvfSam(nn.Module):
                           original_size: tuple[int, int]) -> Tensor:
         """segment-anything's ``Sam.postprocess_masks``: bilinear to S x S, crop to ``input_size``
         (the resized image before padding), bilinear to ``original_size``; align_corners=False.
+        EfficientSAM / SAM-2 backends use their official post-processing instead.
 
         low_res: (N, 1, 4h, 4w) -> (N, 1, H, W) logits (mask = logits > 0)
         """
@@ -283,6 +308,11 @@ class EvfSam(nn.Module):
         return save_pretrained(self, path, tokenizer_dir)
 
 
+def _sam_prompt_dim(sam: nn.Module) -> int:
+    """C: the width of SAM's prompt tokens (256 for every official SAM / EfficientSAM / SAM-2)."""
+    return int(sam.prompt_encoder.embed_dim if isinstance(sam, Sam) else sam.prompt_dim)
+
+
 def _encoder_width(encoder: nn.Module) -> int:
     """Width of the feature the encoder hands to the projector (computed from the built module)."""
     if hasattr(encoder, "feature_dim"):  # PromptEncoderAdapter (ablations)
@@ -292,7 +322,8 @@ def _encoder_width(encoder: nn.Module) -> int:
 
 def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = None,
                   encoder_checkpoint: str | Path | None = None) -> EvfSam:
-    """Training initialisation: SAM from a segment-anything ``.pth``, BEiT-3 from a BEiT-3 ``.pth``
+    """Training initialisation: SAM from its official weight file (segment-anything ``.pth``,
+    EfficientSAM / SAM-2 ``.pt``; `sam_backends.build_sam_backend`), BEiT-3 from a BEiT-3 ``.pth``
     (both strict), projector freshly initialised. Sizes are derived from the built modules.
 
     The SAM image encoder is frozen (``requires_grad=False``), as in every EVF-SAM configuration.
@@ -300,7 +331,7 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
     """
     from evf_sam.models.beit3 import build_beit3, load_beit3_state_dict
 
-    sam = build_sam(config.sam_variant, sam_checkpoint)
+    sam = build_sam_backend(config.sam_variant, sam_checkpoint)
     if config.is_official_encoder():
         encoder = build_beit3(config.encoder, **config.encoder_overrides)
     else:  # an ablation point: other encoder, fusion or feature (raises ValueError on impossible combinations)
@@ -317,7 +348,7 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
             raise FileNotFoundError(f"BEiT-3 checkpoint not found: {str(encoder_checkpoint)!r} (expected a BEiT-3 "
                                     f".pth with the state dict under 'model', keys 'beit3.*')")
         load_beit3_state_dict(encoder, encoder_checkpoint)
-    prompt_dim = sam.prompt_encoder.embed_dim
+    prompt_dim = _sam_prompt_dim(sam)
     if config.out_dim is None:
         config = dataclasses.replace(config, out_dim=prompt_dim)
     elif config.out_dim != prompt_dim:

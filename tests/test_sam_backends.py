@@ -1,0 +1,243 @@
+"""The SAM axis (paper Tab. 7) wired through EvfSam: SAM-1, EfficientSAM and SAM-2 backends.
+
+Per family at toy size: forward + backward through `EvfSam`, the predictor on a real image with the
+family's preprocessing, official-format checkpoint round trip (config.json ``architectures``), and
+the official release's parameter counts for the full-size models (hustvl/EVF-SAM README).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from evf_sam.models.evf_sam import EvfSam, EvfSamConfig, build_evf_sam
+from evf_sam.models.sam_backends import SAM_VARIANTS, resize_mode_of, sam_family
+from evf_sam.predictor import EvfSamPredictor
+from evf_sam.preprocess import beit3_preprocess, sam_preprocess, sam_resize
+from evf_sam.testing import build_tiny_model, make_tokenizer, tiny_inputs, write_official_checkpoint
+
+TINY = {"sam": "tiny", "efficient_sam": "efficient_sam_tiny", "sam2": "sam2_tiny"}
+ARCH = {"sam": "EvfSamModel", "efficient_sam": "EvfEffiSamModel", "sam2": "EvfSam2Model"}
+FAMILIES = list(TINY)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (37, 91, 3), dtype=np.uint8)
+
+
+def test_registry_families_and_resize_modes():
+    assert {sam_family(v) for v in SAM_VARIANTS} == set(FAMILIES)
+    assert resize_mode_of("vit_h") == "pad"
+    assert resize_mode_of("efficient_sam_s") == resize_mode_of("sam2_hiera_l") == "square"
+    with pytest.raises(ValueError, match="unknown SAM variant 'sam3'.*vit_h.*sam2_hiera_l"):
+        sam_family("sam3")
+    with pytest.raises(ValueError, match="unknown sam_variant 'vit_g'"):
+        EvfSamConfig(sam_variant="vit_g")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_backward_through_evf_sam(family):
+    model = build_tiny_model(seed=0, sam_variant=TINY[family]).train()
+    assert model.resize_mode == ("pad" if family == "sam" else "square")
+    assert not any(p.requires_grad for p in model.sam.image_encoder.parameters())  # always frozen
+    inputs = tiny_inputs(model, n_images=2, n_prompts=3)
+    low, iou = model(**inputs)
+    h, w = model.image_embedding_size
+    assert low.shape == (3, 1, 4 * h, 4 * w) and iou.shape == (3, 1)
+    (low.float().square().mean() + iou.float().mean()).backward()
+    assert all(p.grad is None for p in model.sam.image_encoder.parameters())
+    assert model.projector.fc1.weight.grad is not None and model.projector.fc1.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_decode_equals_one_prompt_at_a_time(family):
+    model = build_tiny_model(seed=3, sam_variant=TINY[family]).eval()
+    inputs = tiny_inputs(model, n_images=2, n_prompts=4, seed=1)
+    with torch.no_grad():
+        emb = model.encode_image(inputs["sam_images"])
+        prompts = model.encode_prompts(inputs["beit_images"][inputs["image_index"]], inputs["text_ids"],
+                                       inputs["text_padding_mask"])
+        low, iou = model.decode_masks(emb, prompts, inputs["image_index"])
+        for i, b in enumerate(inputs["image_index"].tolist()):
+            one = tuple(e[b:b + 1] for e in emb) if isinstance(emb, tuple) else emb[b:b + 1]
+            l1, i1 = model.decode_masks(one, prompts[i:i + 1], None)
+            torch.testing.assert_close(low[i:i + 1], l1, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(iou[i:i + 1], i1, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_predictor_uses_the_familys_preprocessing(family, tok_dir, image):
+    model = build_tiny_model(seed=2, sam_variant=TINY[family]).eval()
+    pred = EvfSamPredictor(model, tokenizer=tok_dir)
+    pred.set_image(image)
+    out = pred.predict(["the big red circle on the left", "blue square"])
+    assert out.logits.shape == (2, 37, 91) and out.masks.dtype == torch.bool
+    # The same numbers by hand: the official sam_preprocess for this model_type, then the stages.
+    s = model.sam_image_size
+    resized = torch.from_numpy(sam_resize(image, s)).permute(2, 0, 1).float()
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
+    x = (resized - mean) / std
+    if family == "sam":
+        x = F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
+    else:  # official "effi" / "sam2": bilinear stretch to S x S, no padding
+        x = F.interpolate(x[None], (s, s), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(sam_preprocess(image, s, model.resize_mode)[0], x)
+    from evf_sam.tokenizer import load_tokenizer, tokenize
+
+    ids, pad = tokenize(load_tokenizer(tok_dir), ["the big red circle on the left", "blue square"],
+                        model.max_text_len)
+    with torch.no_grad():
+        emb = model.encode_image(x[None])
+        beit = beit3_preprocess(image, model.beit_image_size)[None].expand(2, -1, -1, -1)
+        low, _ = model.decode_masks(emb, model.encode_prompts(beit, ids, pad), torch.zeros(2, dtype=torch.long))
+        ref = model.postprocess_masks(low, tuple(sam_resize(image, s).shape[:2]), (37, 91))[:, 0]
+    torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_official_checkpoint_round_trip(family, tmp_path, tok_dir):
+    model = build_tiny_model(seed=4, sam_variant=TINY[family]).eval()
+    d = write_official_checkpoint(tmp_path / "ckpt", model, tok_dir, dtype=torch.float32, fmt="safetensors")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["architectures"] == [ARCH[family]] and cfg["sam_variant"] == TINY[family]
+    loaded = EvfSam.from_pretrained(d)
+    assert loaded.config.sam_variant == TINY[family] and type(loaded.sam) is type(model.sam)
+    assert not any(p.requires_grad for p in loaded.sam.image_encoder.parameters())
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    for (k, a), (k2, b) in zip(model.named_buffers(), loaded.named_buffers()):  # incl. non-persistent ones
+        assert k == k2 and torch.equal(a, b), k
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs), model(**inputs), atol=0, rtol=0)
+
+
+def test_checkpoint_of_another_family_is_refused(tmp_path, tok_dir):
+    model = build_tiny_model(seed=0, sam_variant="sam2_tiny")
+    d = write_official_checkpoint(tmp_path / "ckpt", model, tok_dir, fmt="safetensors")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["EvfSamModel"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="sam_variant='sam2_tiny' is a sam2 model \\(EvfSam2Model\\)"):
+        EvfSam.from_pretrained(d)
+
+
+@pytest.mark.parametrize("sam_variant,encoder,official", [
+    ("vit_h", "beit3_large", 1.32e9),  # EVF-SAM
+    ("sam2_hiera_l", "beit3_large", 898e6),  # EVF-SAM2
+    ("efficient_sam_s", "beit3_large", 700e6),  # EVF-Effi-SAM-L
+    ("efficient_sam_t", "beit3_base", 232e6),  # EVF-Effi-SAM-B
+])
+def test_parameter_counts_match_the_official_model_zoo(sam_variant, encoder, official):
+    """hustvl/EVF-SAM README, "Weights": Params column (rounded there to 3 significant digits)."""
+    with torch.device("meta"):
+        model = build_evf_sam(EvfSamConfig(sam_variant=sam_variant, encoder=encoder))
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - official) / official < 0.005, n
+
+
+def test_embedding_cache_refuses_sam2(tmp_path):
+    from evf_sam.engine.embedding_cache import EmbeddingCache
+
+    model = build_tiny_model(seed=0, sam_variant="sam2_tiny")
+    s = model.sam_image_size
+    with pytest.raises(ValueError, match="multi-scale image features.*embedding_cache=null"):
+        EmbeddingCache.open_or_build(tmp_path / "cache", model, [1], lambda i: torch.zeros(3, s, s))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_table7_rows_build_at_toy_size_and_train_the_official_modules():
+    """Every row of configs/experiment/table7.yaml: its SAM family at toy size, its trainable globs,
+    one forward + backward; SAM-2 stays frozen (official EVF-SAM2), the others train the mask decoder."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from evf_sam.engine.optim import apply_trainable
+    from evf_sam.paper_numbers import paper_row
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    rows = sorted(p.stem for p in (configs / "experiment" / "table7_rows").glob("*.yaml"))
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfgs = [compose("train", overrides=["+experiment=table7", f"+experiment/table7_rows={r}",
+                                            "weights.sam_vit_h=/w/h.pth", "weights.efficient_sam_s=/w/s.pt",
+                                            "weights.efficient_sam_t=/w/t.pt", "weights.sam2_hiera_l=/w/l.pt",
+                                            "weights.beit3_large=/w/bl.pth", "weights.beit3_base=/w/bb.pth"])
+                for r in rows]
+    seen = set()
+    for r, cfg in zip(rows, cfgs):
+        assert cfg.model.sam_variant == cfg.sam.variant and cfg.model.encoder == cfg.encoder.name
+        assert str(cfg.model.sam_checkpoint).startswith("/w/") and str(cfg.model.encoder_checkpoint).startswith("/w/")
+        assert paper_row("table7", {"sam": cfg.sam.name, "encoder": cfg.encoder.name}) is not None, r
+        seen.add((cfg.sam.name, cfg.encoder.name))
+        family = sam_family(cfg.model.sam_variant)
+        model = build_tiny_model(seed=0, sam_variant=TINY[family]).train()
+        names = apply_trainable(model, list(cfg.trainable.params))
+        sam_trained = {n.split(".")[1] for n in names if n.startswith("sam.")}
+        expected = {"sam": {"prompt_encoder", "mask_decoder"}, "efficient_sam": {"mask_decoder"}, "sam2": set()}
+        assert sam_trained == expected[family], (r, sam_trained)
+        low, iou = model(**tiny_inputs(model))
+        low.float().square().mean().backward()
+        assert all(p.grad is None for n, p in model.named_parameters() if n not in names)
+        assert model.projector.fc2.weight.grad is not None
+    assert len(seen) == len(rows) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sam_variant,trainable", [("efficient_sam_tiny", "enc_proj_mask"),
+                                                   ("sam2_tiny", "enc_proj")])
+def test_trainer_runs_the_square_resize_families(tmp_path, sam_variant, trainable):
+    """scripts/train.py (DeepSpeed, 1 process) on synthetic REFER data with an EfficientSAM / SAM-2
+    toy model: square-resized inputs and targets, the official trainable set, an export that loads."""
+    from tests.test_train import _train
+
+    run = tmp_path / "run"
+    _train(run, "data=synthetic", f"data.root={tmp_path / 'syn'}", "data.synthetic.num_train=8",
+           "data.synthetic.num_val=2", "data.synthetic.num_test=2", "data.synthetic.image_size=48",
+           "data.num_workers=0", "trainer.total_steps=2", f"model.sam_variant={sam_variant}",
+           f"trainable={trainable}")
+    results = json.loads((run / "results.json").read_text())
+    assert results["finished"] and 0.0 <= results["refcoco|unc|val"]["ciou"] <= 1.0
+    model = EvfSam.from_pretrained(run / "final")
+    assert model.config.sam_variant == sam_variant and model.resize_mode == "square"
+    assert json.loads((run / "final" / "config.json").read_text())["architectures"] == [
+        ARCH[sam_family(sam_variant)]]
+
+
+def test_square_mode_training_samples_cover_the_whole_frame(tmp_path):
+    """EfficientSAM / SAM-2 training: the image is stretched over S x S, so the target mask is the
+    annotation resized to S x S and the loss region (input_size) is the whole frame."""
+    from evf_sam.data.refer import ReferDataset
+    from evf_sam.data.synthetic import make_synthetic_refer
+    from evf_sam.data.train_dataset import ReferTrainDataset, Source
+    from evf_sam.preprocess import load_image
+
+    make_synthetic_refer(tmp_path, num_train=4, num_val=1, num_test=1, image_size=40)
+    tok = __import__("evf_sam.tokenizer", fromlist=["x"]).load_tokenizer(make_tokenizer(tmp_path / "tok"))
+    src = [Source(name="refcoco", dataset="refcoco", split_by="unc", split="train", rate=1.0)]
+    common = dict(tokenizer=tok, sam_size=64, beit_size=32, max_text_len=20, seed=0, sentences_per_image=1)
+    pad = ReferTrainDataset(tmp_path, src, **common)
+    square = ReferTrainDataset(tmp_path, src, resize_mode="square", **common)
+    a, b = pad[0], square[0]
+    assert a["image_id"] == b["image_id"] and a["sentences"] == b["sentences"]
+    assert max(a["input_size"]) == 64
+    assert b["input_size"] == (64, 64)
+    image = load_image(ReferDataset(tmp_path, "refcoco", "unc").image_path(b["image_id"]))
+    torch.testing.assert_close(b["sam_image"], sam_preprocess(image, 64, "square")[0])
+    # target = the padded-frame target's valid part, stretched back over the frame (nearest), ~equal
+    h, w = a["input_size"]
+    valid = a["masks"][0, :h, :w]
+    stretched = F.interpolate(valid[None, None], (64, 64), mode="nearest-exact")[0, 0]
+    assert (stretched != b["masks"][0]).float().mean() < 0.05 and b["masks"][0].sum() > 0
