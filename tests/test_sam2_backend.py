@@ -8,7 +8,6 @@ the stock ``sam2.build_sam.build_sam2`` on the package's own YAML configs (throu
 import importlib.util
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -133,20 +132,12 @@ def test_toy_trains_fast_and_frozen_encoder_gets_no_grad():
 # Architecture == the stock package's YAML configs
 
 
-@contextmanager
 def _linspace_on_cpu():
-    """Hiera's stochastic-depth schedule calls .item() on torch.linspace: run that one op on CPU."""
-    from torch.overrides import TorchFunctionMode
+    """Hiera's stochastic-depth schedule calls .item() on torch.linspace; the backend's own workaround
+    (that one op on CPU) lets the stock model be built on the meta device too."""
+    from evf_sam.models.sam2_backend import _meta_safe
 
-    class Mode(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = dict(kwargs or {})
-            if func is torch.linspace and kwargs.get("device") is None:
-                kwargs["device"] = "cpu"
-            return func(*args, **kwargs)
-
-    with Mode():
-        yield
+    return _meta_safe()
 
 
 @pytest.mark.parametrize("variant,yaml", [("sam2_hiera_l", "configs/sam2/sam2_hiera_l.yaml"),

@@ -197,7 +197,7 @@ def test_table7_rows_build_at_toy_size_and_train_the_official_modules():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sam_variant,trainable", [("efficient_sam_tiny", "enc_proj_mask"),
-                                                   ("sam2_tiny", "enc_proj")])
+                                                   ("sam2_tiny", "enc_proj"), ("sam2_tiny", "enc_proj_mask")])
 def test_trainer_runs_the_square_resize_families(tmp_path, sam_variant, trainable):
     """scripts/train.py (DeepSpeed, 1 process) on synthetic REFER data with an EfficientSAM / SAM-2
     toy model: square-resized inputs and targets, the official trainable set, an export that loads."""
@@ -212,8 +212,11 @@ def test_trainer_runs_the_square_resize_families(tmp_path, sam_variant, trainabl
     assert results["finished"] and 0.0 <= results["refcoco|unc|val"]["ciou"] <= 1.0
     model = EvfSam.from_pretrained(run / "final")
     assert model.config.sam_variant == sam_variant and model.resize_mode == "square"
-    assert json.loads((run / "final" / "config.json").read_text())["architectures"] == [
-        ARCH[sam_family(sam_variant)]]
+    cfg = json.loads((run / "final" / "config.json").read_text())
+    assert cfg["architectures"] == [ARCH[sam_family(sam_variant)]]
+    # SAM-2 with a trained mask decoder: the eval-mode stability fallback is recorded off
+    want = False if (sam_variant == "sam2_tiny" and trainable == "enc_proj_mask") else None
+    assert cfg.get("sam_stability_fallback") is want and model.config.sam_stability_fallback is want
 
 
 def test_square_mode_training_samples_cover_the_whole_frame(tmp_path):
@@ -241,3 +244,51 @@ def test_square_mode_training_samples_cover_the_whole_frame(tmp_path):
     valid = a["masks"][0, :h, :w]
     stretched = F.interpolate(valid[None, None], (64, 64), mode="nearest-exact")[0, 0]
     assert (stretched != b["masks"][0]).float().mean() < 0.05 and b["masks"][0].sum() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trainable_groups_name_each_familys_prompt_encoder_and_mask_decoder(family):
+    """configs/trainable globs (paper Tab. 4) select the same modules in every family, under SAM-2's
+    own names (sam_prompt_encoder, sam_mask_decoder) too; the image encoder never."""
+    import yaml
+
+    from evf_sam.engine.optim import apply_trainable
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "trainable"
+    model = build_tiny_model(seed=0, sam_variant=TINY[family])
+    prefix = "sam_" if family == "sam2" else ""
+    for f in sorted(root.glob("*.yaml")):
+        group = yaml.safe_load(f.read_text())
+        names = apply_trainable(model, group["params"])
+        sam_trained = {n.split(".")[1] for n in names if n.startswith("sam.")}
+        want = set()
+        if "prompt" in group["name"]:
+            want.add(prefix + "prompt_encoder")
+        if "mask" in group["name"]:
+            want.add(prefix + "mask_decoder")
+        assert sam_trained == want, (family, f.stem, sam_trained)
+
+
+def test_sam2_stability_fallback_is_a_recorded_switch(tmp_path, tok_dir):
+    """On by default (official EVF-SAM2); off when set, which changes the eval-mode single mask only
+    where SAM-2 would swap in a multimask output; the choice survives save / load."""
+    model = build_tiny_model(seed=5, sam_variant="sam2_tiny").eval()
+    assert model.sam.sam_mask_decoder.dynamic_multimask_via_stability is True
+    inputs = tiny_inputs(model, n_prompts=4)
+    with torch.no_grad():
+        on, _ = model(**inputs)
+        model.set_sam_stability_fallback(False)
+        off, _ = model(**inputs)
+        multi = model.decode_masks(model.encode_image(inputs["sam_images"]),
+                                   model.encode_prompts(inputs["beit_images"][inputs["image_index"]],
+                                                        inputs["text_ids"], inputs["text_padding_mask"]),
+                                   inputs["image_index"], multimask_output=False)[0]
+    torch.testing.assert_close(off, multi)
+    # random toy weights: the stability score is low, so "on" returned another (multimask) output
+    assert not torch.equal(on, off)
+    d = write_official_checkpoint(tmp_path / "ckpt", model, tok_dir, dtype=torch.float32, fmt="safetensors")
+    assert json.loads((d / "config.json").read_text())["sam_stability_fallback"] is False
+    loaded = EvfSam.from_pretrained(d)
+    assert loaded.sam.sam_mask_decoder.dynamic_multimask_via_stability is False
+    with pytest.raises(ValueError, match="SAM-2 only"):
+        EvfSamConfig(sam_variant="tiny", sam_stability_fallback=False)

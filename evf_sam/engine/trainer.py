@@ -201,7 +201,12 @@ class Trainer:
         # 2. tokenizer + model
         seed_everything(int(cfg.seed))
         self.model, self.tokenizer, self.tokenizer_dir = build_model_and_tokenizer(cfg, self.run_dir)
-        apply_trainable(self.model, list(cfg.trainable.params))
+        trained = apply_trainable(self.model, list(cfg.trainable.params))
+        if sam_family(self.model.config.sam_variant) == "sam2" and self.model.config.sam_stability_fallback is None \
+                and any(n.startswith("sam.sam_mask_decoder.") for n in trained):
+            self.model.set_sam_stability_fallback(False)
+            logger.info("SAM-2 mask decoder trains: its eval-mode stability fallback (which would swap in the "
+                        "unsupervised multimask outputs) is off; the exported config.json records it")
         logger.info("parameters (trainable globs %s):\n%s", list(cfg.trainable.params), format_param_table(self.model))
         self.model.to(self.device)
 
@@ -626,7 +631,8 @@ def _build_model(mc, tokenizer):
     config = EvfSamConfig(sam_variant=str(mc.sam_variant), encoder=str(mc.encoder), encoder_overrides=overrides,
                           fusion=str(mc.get("fusion") or "early"), feature=mc.get("feature"),
                           fused_layers=mc.get("fused_layers"), encoder_path=mc.get("encoder_path"),
-                          multimask_output=bool(mc.get("multimask_output", False)))
+                          multimask_output=bool(mc.get("multimask_output", False)),
+                          sam_stability_fallback=mc.get("sam_stability_fallback"))
     return build_evf_sam(config, sam_checkpoint=mc.get("sam_checkpoint"),
                          encoder_checkpoint=mc.get("encoder_checkpoint"))
 

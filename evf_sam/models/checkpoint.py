@@ -313,6 +313,7 @@ def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -
         encoder_overrides=dict(cfg.get("encoder_overrides") or {}),
         out_dim=None,  # derived from SAM; config.json's out_dim is checked against model and weights
         multimask_output=bool(cfg.get("multimask_output", False)),
+        sam_stability_fallback=cfg.get("sam_stability_fallback"),
         # Ablation axes: absent from official files, whose defaults they are.
         fusion=cfg.get("fusion", "early"),
         feature=cfg.get("feature"),
@@ -509,6 +510,8 @@ def official_config(model: "EvfSam", torch_dtype: torch.dtype) -> dict[str, Any]
     }
     ours = dataclasses.asdict(c)
     cfg.update({k: ours[k] for k in ("sam_variant", "encoder", "encoder_overrides", "multimask_output")})
+    if c.sam_stability_fallback is not None:  # SAM-2 models whose mask decoder we trained
+        cfg["sam_stability_fallback"] = c.sam_stability_fallback
     if not c.is_official_encoder():  # ablation points only; official exports keep the official schema
         cfg.update({k: ours[k] for k in ("fusion", "feature", "fused_layers", "encoder_path")})
     return cfg

@@ -25,7 +25,7 @@ from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
 from evf_sam.models.projector import Projector
-from evf_sam.models.sam_backends import SAM_VARIANTS, build_sam_backend
+from evf_sam.models.sam_backends import SAM_VARIANTS, build_sam_backend, sam_family
 
 __all__ = ["EvfSam", "EvfSamConfig", "build_evf_sam"]
 
@@ -44,10 +44,18 @@ class EvfSamConfig:
     feature: str | None = None  # "image_cls" | "text_cls" | "image_avg" | "concat"; None = the fusion's default
     fused_layers: int | None = None  # K for fusion="early_k": cross-modal attention in layers 1..K only
     encoder_path: str | None = None  # CLIP / ViLT: local transformers directory with pretrained weights
+    # SAM-2 only: its mask decoder's eval-mode "dynamic multimask via stability" fallback (a single mask
+    # with stability < 0.98 is replaced by the best multimask output). None = SAM-2's default, on, as
+    # the official EVF-SAM2 (SAM-2 frozen). The trainer turns it off when it trains SAM-2's mask
+    # decoder, whose multimask outputs the loss never supervises.
+    sam_stability_fallback: bool | None = None
 
     def __post_init__(self) -> None:
         if self.sam_variant not in SAM_VARIANTS:
             raise ValueError(f"unknown sam_variant {self.sam_variant!r}; choose one of {', '.join(SAM_VARIANTS)}")
+        if self.sam_stability_fallback is not None and sam_family(self.sam_variant) != "sam2":
+            raise ValueError(f"sam_stability_fallback={self.sam_stability_fallback} applies to SAM-2 only, "
+                             f"not sam_variant={self.sam_variant!r}; leave it None")
         self.encoder_overrides = dict(self.encoder_overrides or {})
 
     def is_official_encoder(self) -> bool:
@@ -109,6 +117,13 @@ class EvfSam(nn.Module):
         super()._apply(fn, recurse)
         self._keep_pe_float32()
         return self
+
+    def set_sam_stability_fallback(self, on: bool) -> None:
+        """SAM-2: switches its mask decoder's eval-mode stability fallback (see `EvfSamConfig`)."""
+        if sam_family(self.config.sam_variant) != "sam2":
+            raise ValueError(f"the stability fallback is a SAM-2 feature; this model has {self.config.sam_variant!r}")
+        self.sam.sam_mask_decoder.dynamic_multimask_via_stability = bool(on)
+        self.config.sam_stability_fallback = bool(on)
 
     def _keep_pe_float32(self) -> None:
         for mod in self.sam.modules():  # SAM, EfficientSAM and SAM-2 prompt encoders all have one
@@ -356,4 +371,7 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
                          f"{prompt_dim}; set out_dim={prompt_dim} (or None to derive it)")
     projector = Projector(_encoder_width(encoder), prompt_dim)
     sam.image_encoder.requires_grad_(False)
-    return EvfSam(encoder=encoder, projector=projector, sam=sam, config=config).eval()
+    model = EvfSam(encoder=encoder, projector=projector, sam=sam, config=config).eval()
+    if config.sam_stability_fallback is not None:
+        model.set_sam_stability_fallback(config.sam_stability_fallback)
+    return model
