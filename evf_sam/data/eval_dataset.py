@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from evf_sam.data.refer import ReferDataset
 
-__all__ = ["EvalItem", "ReferEvalDataset", "build_eval_dataset"]
+__all__ = ["EvalItem", "ImageEntriesDataset", "ReferEvalDataset", "build_eval_dataset"]
 
 
 @dataclass
@@ -40,7 +40,38 @@ class EvalItem:
     sent_ids: list[int]  # (N,)
 
 
-class ReferEvalDataset(Dataset):
+class ImageEntriesDataset(Dataset):
+    """An evaluation split as ``entries`` [(image key, [expression, ...])], one item per image: the
+    length, expression count, ``subset`` and ``shard`` that `evaluate` relies on (REFER and semantic
+    splits alike). Views share everything but ``entries``."""
+
+    entries: list[tuple[int, list]]
+
+    @property
+    def num_expressions(self) -> int:
+        return sum(len(e) for _, e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _view(self, entries: Sequence):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.entries = list(entries)
+        return new
+
+    def subset(self, max_images: int | None):
+        """The first ``max_images`` images (all if None)."""
+        return self if max_images is None else self._view(self.entries[:int(max_images)])
+
+    def shard(self, rank: int, world_size: int):
+        """Images ``rank, rank + world_size, ...``: disjoint, together exactly the whole split."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        return self._view(self.entries[rank::world_size])
+
+
+class ReferEvalDataset(ImageEntriesDataset):
     """All expressions of one REFER split, grouped by image.
 
     ``entries``: [(image_id, [(ref_id, ann_id, sent_id, sentence), ...])] in image-id order.
@@ -70,31 +101,8 @@ class ReferEvalDataset(Dataset):
     def name(self) -> str:
         return f"{self.dataset}|{self.split_by}|{self.split}"
 
-    @property
-    def num_expressions(self) -> int:
-        return sum(len(e) for _, e in self.entries)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def __repr__(self) -> str:
         return f"ReferEvalDataset({self.name}: {len(self)} images, {self.num_expressions} expressions)"
-
-    def _view(self, entries: Sequence) -> "ReferEvalDataset":
-        new = object.__new__(ReferEvalDataset)
-        new.__dict__.update(self.__dict__)
-        new.entries = list(entries)
-        return new
-
-    def subset(self, max_images: int | None) -> "ReferEvalDataset":
-        """The first ``max_images`` images (all if None)."""
-        return self if max_images is None else self._view(self.entries[:int(max_images)])
-
-    def shard(self, rank: int, world_size: int) -> "ReferEvalDataset":
-        """Images ``rank, rank + world_size, ...``: disjoint, together exactly the whole split."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} out of range for world size {world_size}")
-        return self._view(self.entries[rank::world_size])
 
     def __getitem__(self, index: int) -> EvalItem:
         from evf_sam.preprocess import beit3_preprocess, load_image, sam_preprocess

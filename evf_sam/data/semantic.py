@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evf_sam.data.eval_dataset import EvalItem
+from evf_sam.data.eval_dataset import EvalItem, ImageEntriesDataset
 from evf_sam.tokenizer import SEMANTIC_PREFIX
 
 __all__ = ["ADE20KReader", "ADE20K_CLASSES", "ClassIoU", "IGNORE_INDEX", "MapillaryReader", "SEMANTIC_ID_OFFSET",
@@ -338,7 +338,7 @@ class SemanticEvalItem(EvalItem):
     ignore_mask: Tensor | None = None  # (H, W) bool: unlabeled pixels, left out of I and U (None: none)
 
 
-class SemanticEvalDataset(torch.utils.data.Dataset):
+class SemanticEvalDataset(ImageEntriesDataset):
     """One item per image, one expression per class present (``prefix + name``), gt = ``label == class``.
 
     The `ReferEvalDataset` interface `evaluate` uses (``name``, ``subset``, ``shard``, items), plus
@@ -373,29 +373,8 @@ class SemanticEvalDataset(torch.utils.data.Dataset):
     def class_names(self) -> tuple[str, ...]:
         return self.reader.classes
 
-    @property
-    def num_expressions(self) -> int:
-        return sum(len(c) for _, c in self.entries)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def __repr__(self) -> str:
         return f"SemanticEvalDataset({self.name}: {len(self)} images, {self.num_expressions} expressions)"
-
-    def _view(self, entries: Sequence) -> "SemanticEvalDataset":
-        new = object.__new__(SemanticEvalDataset)
-        new.__dict__.update(self.__dict__)
-        new.entries = list(entries)
-        return new
-
-    def subset(self, max_images: int | None) -> "SemanticEvalDataset":
-        return self if max_images is None else self._view(self.entries[:int(max_images)])
-
-    def shard(self, rank: int, world_size: int) -> "SemanticEvalDataset":
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} out of range for world size {world_size}")
-        return self._view(self.entries[rank::world_size])
 
     def __getitem__(self, index: int) -> SemanticEvalItem:
         from evf_sam.preprocess import beit3_preprocess, sam_preprocess
