@@ -433,33 +433,19 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32,
 
 
 def _materialise_meta(model: nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
-    """Non-persistent buffers are not in the files: rebuild them (``sam.pixel_mean`` / ``pixel_std``
-    from the constants; any other, e.g. a backend's fixed positional tables, from a fresh CPU build
-    of that SAM variant, whose constructor computes them)."""
+    """Non-persistent buffers (``sam.pixel_mean`` / ``pixel_std``) are not in the files: rebuild them.
+    (EfficientSAM and SAM-2 have no non-persistent buffers; every buffer of theirs is in the file.)"""
     from evf_sam.models.sam import PIXEL_MEAN, PIXEL_STD
 
     consts = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
-    fresh: dict[str, Tensor] | None = None
     for mod_name, mod in model.named_modules():
         for name, buf in list(mod._buffers.items()):
             if buf is None:
                 continue
             if buf.is_meta:
-                full = f"{mod_name}.{name}"
-                if name in consts:
-                    buf = torch.tensor(consts[name], dtype=torch.float32).view(-1, 1, 1)
-                elif full.startswith("sam."):
-                    if fresh is None:
-                        from evf_sam.models.sam_backends import build_sam_backend
-
-                        with torch.device("cpu"):
-                            fresh = dict(build_sam_backend(model.config.sam_variant).named_buffers())
-                    if full[len("sam."):] not in fresh:
-                        raise RuntimeError(f"buffer {full} is neither in the checkpoint nor built by SAM "
-                                           f"{model.config.sam_variant}")
-                    buf = fresh[full[len("sam."):]]
-                else:
-                    raise RuntimeError(f"buffer {full} is neither in the checkpoint nor a known constant")
+                if name not in consts:
+                    raise RuntimeError(f"buffer {mod_name}.{name} is neither in the checkpoint nor a known constant")
+                buf = torch.tensor(consts[name], dtype=torch.float32).view(-1, 1, 1)
             mod._buffers[name] = buf.to(device=device, dtype=dtype if buf.is_floating_point() else None)
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
