@@ -186,17 +186,22 @@ def sam_resize(image: np.ndarray, size: int = 1024) -> np.ndarray:
     return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
 
+def _sam_normalize(resized: Tensor | np.ndarray) -> Tensor:
+    """(h', w', 3) uint8 array or (..., 3, h', w') tensor of 0-255 values -> float32 ``(x - mean) / std``."""
+    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1) if isinstance(resized, np.ndarray) \
+        else resized
+    mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    return (x - mean) / std  # uint8 - float32 -> float32, as the official code
+
+
 def sam_normalize_pad(resized: Tensor | np.ndarray, size: int = 1024) -> Tensor:
     """(h', w', 3) uint8 array or (..., 3, h', w') tensor of 0-255 values -> (..., 3, size, size)
     float32: ``(x - mean) / std``, zero padding at the bottom / right (after normalising, as SAM)."""
-    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1) if isinstance(resized, np.ndarray) \
-        else resized
+    x = _sam_normalize(resized)
     h, w = x.shape[-2:]
     if h > size or w > size:
         raise ValueError(f"resized image {h}x{w} is larger than the SAM input {size}x{size}")
-    mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    x = (x - mean) / std  # uint8 - float32 -> float32, as the official code
     return F.pad(x, (0, size - w, 0, size - h))
 
 
@@ -217,8 +222,7 @@ def sam_preprocess(image: np.ndarray, size: int = 1024, resize_mode: str = "pad"
     resized = sam_resize(image, size)
     hw = (int(resized.shape[0]), int(resized.shape[1]))
     if resize_mode == "square":
-        x = sam_normalize_pad(resized, max(hw))[:, :hw[0], :hw[1]]  # normalised, not padded
-        x = F.interpolate(x[None], (size, size), mode="bilinear", align_corners=False)[0]
+        x = F.interpolate(_sam_normalize(resized)[None], (size, size), mode="bilinear", align_corners=False)[0]
         return x.contiguous(), hw
     return sam_normalize_pad(resized, size).contiguous(), hw
 
