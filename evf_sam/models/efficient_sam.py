@@ -570,14 +570,11 @@ def load_efficient_sam_state_dict(model: EfficientSam, path_or_state_dict: Mappi
     mismatches raise `StateDictMismatchError` naming each of them, and nothing is copied in that case. Values are
     cast to the model's dtype (a model built on the meta device adopts the given tensors instead).
     """
-    from evf_sam.models.checkpoint import load_state_dict_strict
-    from evf_sam.models.state_dict import read_state_dict
+    from evf_sam.models.state_dict import load_weights_strict
 
-    obj = read_state_dict(path_or_state_dict, wrappers=("model", "state_dict"), what=what,
-                          expected="an EfficientSAM .pt file ({'model': state_dict})")
-    state = {k: v for k, v in obj.items() if k not in _CONSTANT_KEYS}
     on_meta = any(p.is_meta for p in model.parameters())
-    load_state_dict_strict(model, state, what=what, assign=on_meta)
+    load_weights_strict(model, path_or_state_dict, what=what, skip=_CONSTANT_KEYS, assign=on_meta,
+                        expected="an EfficientSAM .pt file ({'model': state_dict})")
     if on_meta:
         model._apply(lambda t: t)  # re-applies the float32 PE-matrix rule to the adopted buffer
 

@@ -149,13 +149,10 @@ def load_sam_state_dict(sam: Sam, state_dict_or_path: Mapping[str, Tensor] | str
     unexpected keys and shape mismatches raise `StateDictMismatchError` naming each of them, and
     nothing is copied in that case. Values are cast to the model's dtype.
     """
-    from evf_sam.models.checkpoint import load_state_dict_strict
-    from evf_sam.models.state_dict import read_state_dict
+    from evf_sam.models.state_dict import load_weights_strict
 
-    obj = read_state_dict(state_dict_or_path, wrappers=("model", "state_dict"), what=what,
-                          expected="a segment-anything .pth file")
-    state = {k: v for k, v in obj.items() if k not in _SAM_CONSTANT_KEYS}
-    load_state_dict_strict(sam, state, what=what)
+    load_weights_strict(sam, state_dict_or_path, what=what, expected="a segment-anything .pth file",
+                        skip=_SAM_CONSTANT_KEYS)
 
 
 def sam_variant_of(image_encoder_embed_dim: int, depth: int | None = None) -> str | None:

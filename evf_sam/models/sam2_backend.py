@@ -403,11 +403,9 @@ def load_sam2_state_dict(model: nn.Module, state_dict_or_path: Mapping[str, Tens
     mis-shaped tensors raise `StateDictMismatchError` naming each; nothing is copied then. Values
     are cast to the model's dtype.
     """
-    from evf_sam.models.checkpoint import load_state_dict_strict
-    from evf_sam.models.state_dict import read_state_dict
+    from evf_sam.models.state_dict import load_weights_strict
 
-    state = read_state_dict(state_dict_or_path, wrappers=("model", "state_dict"), what=what,
-                            expected="a SAM-2 .pt file with the state dict under 'model'")
-    load_state_dict_strict(model, dict(state), what=what)
+    load_weights_strict(model, state_dict_or_path, what=what,
+                        expected="a SAM-2 .pt file with the state dict under 'model'")
     if isinstance(model, _Sam2BackendMixin):
         model._keep_pe_float32()
