@@ -292,3 +292,18 @@ def test_sam2_stability_fallback_is_a_recorded_switch(tmp_path, tok_dir):
     assert loaded.sam.sam_mask_decoder.dynamic_multimask_via_stability is False
     with pytest.raises(ValueError, match="SAM-2 only"):
         EvfSamConfig(sam_variant="tiny", sam_stability_fallback=False)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bad_image_index_is_refused_by_every_family(family):
+    model = build_tiny_model(seed=0, sam_variant=TINY[family]).eval()
+    x = tiny_inputs(model, n_images=1, n_prompts=2)
+    prompts = torch.zeros(2, 1, model.projector.out_dim)
+    with torch.no_grad():
+        emb = model.encode_image(x["sam_images"])
+        with pytest.raises(ValueError, match=r"image_index must be \(2,\), got \(3,\)"):
+            model.decode_masks(emb, prompts, torch.zeros(3, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"image_index out of range for 1 images: \[0, 1\]"):
+            model.decode_masks(emb, prompts, torch.tensor([0, 1]))
+        with pytest.raises(ValueError, match="image_index=None needs one prompt per image, got 2 prompts for 1"):
+            model.decode_masks(emb, prompts, None)

@@ -515,6 +515,8 @@ class EfficientSam(nn.Module):
         else:
             if tuple(image_index.shape) != (n,):
                 raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
+            if n and (int(image_index.min()) < 0 or int(image_index.max()) >= b):
+                raise ValueError(f"image_index out of range for {b} images: {image_index.tolist()}")
             if b == 1:
                 src = image_embeddings.expand(n, -1, -1, -1)  # a view: no N copies
             else:

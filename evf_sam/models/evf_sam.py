@@ -243,13 +243,16 @@ class EvfSam(nn.Module):
         if image_index is None:
             if n != b:
                 raise ValueError(f"image_index=None needs one prompt per image, got {n} prompts for {b} images")
-        elif b == 1:
-            src = src.expand(n, -1, -1, -1)  # a view: no N copies before the transformer
         else:
             image_index = image_index.to(device=src.device, dtype=torch.long)
             if image_index.shape != (n,):
                 raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
-            src = src.index_select(0, image_index)  # (N, C, h, w)
+            if n and (int(image_index.min()) < 0 or int(image_index.max()) >= b):
+                raise ValueError(f"image_index out of range for {b} images: {image_index.tolist()}")
+            if b == 1:
+                src = src.expand(n, -1, -1, -1)  # a view: no N copies before the transformer
+            else:
+                src = src.index_select(0, image_index)  # (N, C, h, w)
         pos_src = pe_mod.get_dense_pe().to(src.dtype).expand(n, -1, -1, -1)  # (N, C, h, w) view
 
         # MaskDecoder.predict_masks, batched over prompts.

@@ -340,7 +340,7 @@ class _Sam2BackendMixin:
         n, b = prompts.shape[0], image_embed.shape[0]
         if image_index is None:
             if n != b:
-                raise ValueError(f"{n} prompts for {b} images need an image_index")
+                raise ValueError(f"image_index=None needs one prompt per image, got {n} prompts for {b} images")
         else:
             image_index = image_index.to(device=image_embed.device, dtype=torch.long)
             if image_index.shape != (n,):
