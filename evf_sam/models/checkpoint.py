@@ -362,13 +362,14 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
         problems.append(f"hidden_size={cfg['hidden_size']}, but the BEiT-3 weights have embed_dim {w_dim}")
     s_dim = dim("visual_model.image_encoder.patch_embed.proj.weight", 0)
     s_depth = count("visual_model.image_encoder.blocks.")
-    img = model.sam.image_encoder
-    from segment_anything.modeling import Sam
+    from evf_sam.models.sam import SAM_CONFIGS
+    from evf_sam.models.sam_backends import sam_family
 
-    want = (img.patch_embed.proj.out_channels, len(img.blocks)) if isinstance(model.sam, Sam) else None
+    want = None
+    if sam_family(config.sam_variant) == "sam":  # sam_scale names a segment-anything ViT: check its size
+        arch = SAM_CONFIGS[config.sam_variant]
+        want = (arch.encoder_embed_dim, arch.encoder_depth)
     if want is not None and s_dim is not None and (s_dim, s_depth) != want:
-        from evf_sam.models.sam import SAM_CONFIGS
-
         guess = [n for n, a in SAM_CONFIGS.items() if (a.encoder_embed_dim, a.encoder_depth) == (s_dim, s_depth)]
         hint = _variant_hint(guess, SAM_SCALES, "sam_scale")
         problems.append(

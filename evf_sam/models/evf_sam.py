@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
 from evf_sam.models.projector import Projector
@@ -78,15 +77,16 @@ class EvfSamConfig:
 class EvfSam(nn.Module):
     """BEiT-3 encoder + projector + SAM (image encoder, prompt encoder, mask decoder).
 
-    ``sam`` is segment-anything's ``Sam`` (the official EVF-SAM) or an EfficientSAM / SAM-2 backend
-    (paper Tab. 7) implementing the protocol of `evf_sam.models.sam_backends`.
+    ``sam`` is a SAM backend (paper Tab. 7) implementing the protocol of `evf_sam.models.sam_backends`:
+    segment-anything's SAM (the official EVF-SAM), EfficientSAM or SAM-2. `EvfSam` always delegates
+    to it; it never asks which one it holds.
 
     Attributes:
         encoder: `BEiT3` (torchscale names; official ``mm_extractor.beit3``). Any module with the
             same call signature that returns either a `BEiT3Output` or an (N, D) feature tensor
             (e.g. `evf_sam.models.encoders.PromptEncoderAdapter`) also works.
         projector: `Projector` D -> C (official ``text_hidden_fcs.0``)
-        sam: `segment_anything.modeling.Sam` or a backend of `sam_backends` (official ``visual_model``)
+        sam: `SamBackend` (a segment-anything ``Sam``), `EfficientSam` or `Sam2Backend` (official ``visual_model``)
         config: `EvfSamConfig`
     """
 
@@ -133,19 +133,14 @@ class EvfSam(nn.Module):
     # -- sizes --------------------------------------------------------------------------------
 
     @property
-    def _segment_anything(self) -> bool:
-        """True for segment-anything's ``Sam``; False for an EfficientSAM / SAM-2 backend."""
-        return isinstance(self.sam, Sam)
-
-    @property
     def sam_image_size(self) -> int:
         """S: the square SAM input (1024 for vit_* / EfficientSAM / SAM-2, 256 for tiny)."""
-        return int(self.sam.image_encoder.img_size if self._segment_anything else self.sam.image_size)
+        return int(self.sam.image_size)
 
     @property
     def resize_mode(self) -> str:
         """SAM-branch preprocessing: "pad" (SAM-1) or "square" (EfficientSAM, SAM-2); see preprocess.py."""
-        return "pad" if self._segment_anything else str(self.sam.resize_mode)
+        return str(self.sam.resize_mode)
 
     @property
     def beit_image_size(self) -> int:
@@ -162,8 +157,6 @@ class EvfSam(nn.Module):
     @property
     def image_embedding_size(self) -> tuple[int, int]:
         """(h, w) of the SAM image embedding; low-res masks are (4h, 4w)."""
-        if self._segment_anything:
-            return tuple(self.sam.prompt_encoder.image_embedding_size)
         return tuple(self.sam.image_embedding_size)
 
     @property
@@ -176,9 +169,6 @@ class EvfSam(nn.Module):
 
     # -- the three stages ---------------------------------------------------------------------
 
-    def _image_encoder_frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.sam.image_encoder.parameters())
-
     def encode_image(self, sam_images: Tensor) -> Tensor | tuple[Tensor, ...]:
         """SAM image encoder (no_grad when its parameters are frozen).
 
@@ -188,10 +178,9 @@ class EvfSam(nn.Module):
         s = self.sam_image_size
         if sam_images.dim() != 4 or tuple(sam_images.shape[-2:]) != (s, s):
             raise ValueError(f"sam_images must be (B, 3, {s}, {s}), got {tuple(sam_images.shape)}")
-        if not self._segment_anything:  # the backend disables grad for its frozen encoder itself (SAM-2's
-            return self.sam.encode_image(sam_images)  # conv_s0/s1 belong to the mask decoder and may train)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._image_encoder_frozen()):
-            return self.sam.image_encoder(sam_images)
+        # The backend disables autograd for its frozen image encoder itself (SAM-2's conv_s0 / conv_s1
+        # belong to the mask decoder and may train).
+        return self.sam.encode_image(sam_images)
 
     def encode_prompts(self, beit_images: Tensor, text_ids: Tensor, text_padding_mask: Tensor) -> Tensor:
         """Fused BEiT-3 forward; the vision [CLS] (token 0), projected, is the sparse prompt.
@@ -208,10 +197,10 @@ class EvfSam(nn.Module):
 
     def decode_masks(self, image_embeddings: Tensor, prompt_embeddings: Tensor, image_index: Tensor | None = None,
                      multimask_output: bool | None = None) -> tuple[Tensor, Tensor]:
-        """segment-anything's mask decoder for N prompts against their images.
+        """The SAM backend's mask decoder for N prompts against their images (`decode_text_prompts`).
 
         Args:
-            image_embeddings: (B, C, h, w)
+            image_embeddings: (B, C, h, w) (SAM-2: `encode_image`'s tuple)
             prompt_embeddings: (N, 1, C) (or (N, C)), the projected [CLS] of each expression
             image_index: (N,) long in [0, B); None means N == B and prompt i goes with image i
             multimask_output: None = ``config.multimask_output``. True: predict SAM's 3 multimask
@@ -224,64 +213,16 @@ class EvfSam(nn.Module):
             multimask_output = self.config.multimask_output
         if prompt_embeddings.dim() == 2:
             prompt_embeddings = prompt_embeddings[:, None]
-        if not self._segment_anything:  # EfficientSAM / SAM-2: the backend's own (batched) decoder
-            if image_index is not None:
-                image_index = image_index.to(device=prompt_embeddings.device, dtype=torch.long)
-            return self.sam.decode_text_prompts(image_embeddings, prompt_embeddings, image_index,
-                                                bool(multimask_output))
-        b, c, h, w = image_embeddings.shape
-        n = prompt_embeddings.shape[0]
-        pe_mod, dec = self.sam.prompt_encoder, self.sam.mask_decoder
-        if (h, w) != tuple(pe_mod.image_embedding_size) or c != pe_mod.embed_dim:
-            raise ValueError(f"image_embeddings must be (B, {pe_mod.embed_dim}, {pe_mod.image_embedding_size[0]}, "
-                             f"{pe_mod.image_embedding_size[1]}), got {tuple(image_embeddings.shape)}")
-
-        # SAM prompt encoder with no points / boxes / masks: empty sparse, dense = no_mask_embed.
-        sparse = prompt_embeddings.to(image_embeddings.dtype)  # (N, 1, C) = cat([empty (N, 0, C), prompt])
-        dense = pe_mod.no_mask_embed.weight.reshape(1, -1, 1, 1).to(image_embeddings.dtype)  # (1, C, 1, 1)
-        src = image_embeddings + dense  # (B, C, h, w): add once per image, then gather per prompt
-        if image_index is None:
-            if n != b:
-                raise ValueError(f"image_index=None needs one prompt per image, got {n} prompts for {b} images")
-        else:
-            image_index = image_index.to(device=src.device, dtype=torch.long)
-            if image_index.shape != (n,):
-                raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
-            if n and (int(image_index.min()) < 0 or int(image_index.max()) >= b):
-                raise ValueError(f"image_index out of range for {b} images: {image_index.tolist()}")
-            if b == 1:
-                src = src.expand(n, -1, -1, -1)  # a view: no N copies before the transformer
-            else:
-                src = src.index_select(0, image_index)  # (N, C, h, w)
-        pos_src = pe_mod.get_dense_pe().to(src.dtype).expand(n, -1, -1, -1)  # (N, C, h, w) view
-
-        # MaskDecoder.predict_masks, batched over prompts.
-        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)  # (1 + M, C)
-        output_tokens = output_tokens.to(sparse.dtype).unsqueeze(0).expand(n, -1, -1)
-        tokens = torch.cat((output_tokens, sparse), dim=1)  # (N, 1 + M + 1, C)
-        hs, src = dec.transformer(src, pos_src, tokens)  # (N, 1 + M + 1, C), (N, h*w, C)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1:(1 + dec.num_mask_tokens), :]  # (N, M, C)
-        src = src.transpose(1, 2).reshape(n, c, h, w)
-        upscaled = dec.output_upscaling(src)  # (N, C/8, 4h, 4w)
-        hyper_in = torch.stack([dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
-                                for i in range(dec.num_mask_tokens)], dim=1)  # (N, M, C/8)
-        _, cu, hu, wu = upscaled.shape
-        masks = (hyper_in @ upscaled.view(n, cu, hu * wu)).view(n, -1, hu, wu)  # (N, M, 4h, 4w)
-        iou_pred = dec.iou_prediction_head(iou_token_out)  # (N, M)
-
-        if not multimask_output:
-            return masks[:, 0:1], iou_pred[:, 0:1]
-        masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]  # SAM's 3 multimask outputs
-        best = iou_pred.argmax(dim=1, keepdim=True)  # (N, 1)
-        masks = torch.take_along_dim(masks, best[:, :, None, None], dim=1)  # (N, 1, 4h, 4w)
-        return masks, torch.take_along_dim(iou_pred, best, dim=1)
+        if image_index is not None:
+            image_index = image_index.to(device=prompt_embeddings.device, dtype=torch.long)
+        return self.sam.decode_text_prompts(image_embeddings, prompt_embeddings, image_index, bool(multimask_output))
 
     def postprocess_masks(self, low_res: Tensor, input_size: tuple[int, int],
                           original_size: tuple[int, int]) -> Tensor:
-        """segment-anything's ``Sam.postprocess_masks``: bilinear to S x S, crop to ``input_size``
-        (the resized image before padding), bilinear to ``original_size``; align_corners=False.
-        EfficientSAM / SAM-2 backends use their official post-processing instead.
+        """The backend's official post-processing. SAM-1 (segment-anything's ``Sam.postprocess_masks``):
+        bilinear to S x S, crop to ``input_size`` (the resized image before padding), bilinear to
+        ``original_size``; EfficientSAM / SAM-2: bilinear straight to ``original_size``
+        (``input_size`` unused); align_corners=False.
 
         low_res: (N, 1, 4h, 4w) -> (N, 1, H, W) logits (mask = logits > 0)
         """
@@ -328,7 +269,7 @@ class EvfSam(nn.Module):
 
 def _sam_prompt_dim(sam: nn.Module) -> int:
     """C: the width of SAM's prompt tokens (256 for every official SAM / EfficientSAM / SAM-2)."""
-    return int(sam.prompt_encoder.embed_dim if isinstance(sam, Sam) else sam.prompt_dim)
+    return int(sam.prompt_dim)
 
 
 def _encoder_width(encoder: nn.Module) -> int:

@@ -1,13 +1,20 @@
-"""SAM builders on segment-anything's own modules (``ImageEncoderViT``, ``PromptEncoder``,
-``MaskDecoder``, ``TwoWayTransformer``, ``Sam``).
+"""SAM (segment-anything) as a SAM backend of EVF-SAM: the official EVF-SAM's mask model.
 
     sam = build_sam("vit_h", checkpoint="sam_vit_h_4b8939.pth")   # strict load, errors name the keys
-    sam.image_encoder.img_size                                     # the SAM input size S (never hard-code 1024)
+    emb = sam.encode_image(images)                                 # (B, 3, S, S) -> (B, C, S/16, S/16)
+    low_res, iou = sam.decode_text_prompts(emb, prompts, image_index, multimask_output=False)
+    logits = sam.postprocess_masks(low_res, input_size, original_size)   # (N, 1, H, W)
+
+`SamBackend` *is* segment-anything's ``Sam`` (a subclass built from segment-anything's own
+``ImageEncoderViT``, ``PromptEncoder``, ``MaskDecoder``, ``TwoWayTransformer``), so its parameter
+names are segment-anything's (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``) and
+segment-anything ``.pth`` files and the official checkpoints' ``visual_model.*`` tensors load
+unchanged. It adds the backend protocol of `evf_sam.models.sam_backends`.
 
 ``vit_h`` / ``vit_l`` / ``vit_b`` are segment-anything's ``build_sam_vit_*`` architectures exactly
 (the official EVF-SAM releases, BEiT-3-Large and -Base alike, use ``vit_h``). ``tiny`` uses the same
 classes at toy sizes for tests and the quickstart: 256 px input, 16x16 image embeddings, prompt
-dim 32, 64x64 low-res masks.
+dim 32, 64x64 low-res masks. The SAM input size is ``sam.image_size``; never hard-code 1024.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping
 
+import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor, nn
 
-__all__ = ["SAM_CONFIGS", "SAM_REGISTRY", "SamArch", "build_sam", "load_sam_state_dict", "sam_variant_of"]
+__all__ = ["SAM_CONFIGS", "SAM_REGISTRY", "SamArch", "SamBackend", "build_sam", "load_sam_state_dict",
+           "sam_variant_of"]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # on 0-255 values, as segment-anything
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -58,9 +67,115 @@ SAM_CONFIGS: dict[str, SamArch] = {
 }
 
 
-def _build(arch: SamArch) -> Sam:
+class SamBackend(Sam):
+    """segment-anything's ``Sam`` with EVF-SAM's text-prompt interface (see `evf_sam.models.sam_backends`).
+
+    The projected text feature is the one sparse prompt: SAM's prompt encoder with no points, boxes
+    or masks gives an empty sparse embedding and ``no_mask_embed`` as the dense embedding, and the
+    prompt is appended to the sparse embedding (hustvl/EVF-SAM ``model/evf_sam.py``). Decoding runs
+    ``MaskDecoder.predict_masks``'s arithmetic for N prompts against their images without repeating
+    each image embedding per prompt first.
+    """
+
+    resize_mode: str = "pad"  # ResizeLongestSide(S), then zero-padded to S x S (bottom / right)
+
+    # -- sizes --------------------------------------------------------------------------------
+
+    @property
+    def image_size(self) -> int:
+        """S: the square SAM input (1024 for vit_*, 256 for tiny)."""
+        return int(self.image_encoder.img_size)
+
+    @property
+    def prompt_dim(self) -> int:
+        """C: image-embedding channels = prompt width (256 for vit_*, 32 for tiny)."""
+        return int(self.prompt_encoder.embed_dim)
+
+    @property
+    def image_embedding_size(self) -> tuple[int, int]:
+        """(h, w) = (S/16, S/16); low-res masks are (4h, 4w)."""
+        h, w = self.prompt_encoder.image_embedding_size
+        return int(h), int(w)
+
+    # -- the backend protocol -----------------------------------------------------------------
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) normalised + zero-padded -> (B, C, S/16, S/16); no autograd while the
+        image encoder is frozen (EVF-SAM always freezes it)."""
+        frozen = not any(p.requires_grad for p in self.image_encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            return self.image_encoder(images)
+
+    def decode_text_prompts(self, image_embeddings: Tensor, prompts: Tensor, image_index: Tensor | None = None,
+                            multimask_output: bool = False) -> tuple[Tensor, Tensor]:
+        """SAM's mask decoder for N text prompts against their images, batched over prompts.
+
+        Args:
+            image_embeddings: (B, C, h, w)
+            prompts: (N, 1, C) (or (N, C)), the projected text feature of each expression
+            image_index: (N,) long in [0, B); None means N == B and prompt i goes with image i
+            multimask_output: False: SAM's single-mask output (mask token 0). True: of SAM's 3
+                multimask outputs, the one with the highest predicted IoU (official behaviour).
+        Returns:
+            low-res mask logits (N, 1, 4h, 4w), predicted IoU (N, 1)
+        """
+        if prompts.dim() == 2:
+            prompts = prompts[:, None]
+        b, c, h, w = image_embeddings.shape
+        n = prompts.shape[0]
+        pe_mod, dec = self.prompt_encoder, self.mask_decoder
+        if (h, w) != tuple(pe_mod.image_embedding_size) or c != pe_mod.embed_dim:
+            raise ValueError(f"image_embeddings must be (B, {pe_mod.embed_dim}, {pe_mod.image_embedding_size[0]}, "
+                             f"{pe_mod.image_embedding_size[1]}), got {tuple(image_embeddings.shape)}")
+
+        # SAM prompt encoder with no points / boxes / masks: empty sparse, dense = no_mask_embed.
+        sparse = prompts.to(image_embeddings.dtype)  # (N, 1, C) = cat([empty (N, 0, C), prompt])
+        dense = pe_mod.no_mask_embed.weight.reshape(1, -1, 1, 1).to(image_embeddings.dtype)  # (1, C, 1, 1)
+        src = image_embeddings + dense  # (B, C, h, w): add once per image, then gather per prompt
+        if image_index is None:
+            if n != b:
+                raise ValueError(f"image_index=None needs one prompt per image, got {n} prompts for {b} images")
+        else:
+            image_index = image_index.to(device=src.device, dtype=torch.long)
+            if image_index.shape != (n,):
+                raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
+            if n and (int(image_index.min()) < 0 or int(image_index.max()) >= b):
+                raise ValueError(f"image_index out of range for {b} images: {image_index.tolist()}")
+            if b == 1:
+                src = src.expand(n, -1, -1, -1)  # a view: no N copies before the transformer
+            else:
+                src = src.index_select(0, image_index)  # (N, C, h, w)
+        pos_src = pe_mod.get_dense_pe().to(src.dtype).expand(n, -1, -1, -1)  # (N, C, h, w) view
+
+        # MaskDecoder.predict_masks, batched over prompts.
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)  # (1 + M, C)
+        output_tokens = output_tokens.to(sparse.dtype).unsqueeze(0).expand(n, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)  # (N, 1 + M + 1, C)
+        hs, src = dec.transformer(src, pos_src, tokens)  # (N, 1 + M + 1, C), (N, h*w, C)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1:(1 + dec.num_mask_tokens), :]  # (N, M, C)
+        src = src.transpose(1, 2).reshape(n, c, h, w)
+        upscaled = dec.output_upscaling(src)  # (N, C/8, 4h, 4w)
+        hyper_in = torch.stack([dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
+                                for i in range(dec.num_mask_tokens)], dim=1)  # (N, M, C/8)
+        _, cu, hu, wu = upscaled.shape
+        masks = (hyper_in @ upscaled.view(n, cu, hu * wu)).view(n, -1, hu, wu)  # (N, M, 4h, 4w)
+        iou_pred = dec.iou_prediction_head(iou_token_out)  # (N, M)
+
+        if not multimask_output:
+            return masks[:, 0:1], iou_pred[:, 0:1]
+        masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]  # SAM's 3 multimask outputs
+        best = iou_pred.argmax(dim=1, keepdim=True)  # (N, 1)
+        masks = torch.take_along_dim(masks, best[:, :, None, None], dim=1)  # (N, 1, 4h, 4w)
+        return masks, torch.take_along_dim(iou_pred, best, dim=1)
+
+    # postprocess_masks(low_res, input_size, original_size) is Sam's own: bilinear to S x S, crop to
+    # input_size (the resized image before padding), bilinear to original_size; align_corners=False.
+
+
+def _build(arch: SamArch) -> SamBackend:
     emb = arch.image_size // arch.patch_size
-    return Sam(
+    return SamBackend(
         image_encoder=ImageEncoderViT(
             depth=arch.encoder_depth,
             embed_dim=arch.encoder_embed_dim,
@@ -98,23 +213,23 @@ def _build(arch: SamArch) -> Sam:
     )
 
 
-def build_sam_vit_h(checkpoint: str | Path | None = None) -> Sam:
+def build_sam_vit_h(checkpoint: str | Path | None = None) -> SamBackend:
     return build_sam("vit_h", checkpoint)
 
 
-def build_sam_vit_l(checkpoint: str | Path | None = None) -> Sam:
+def build_sam_vit_l(checkpoint: str | Path | None = None) -> SamBackend:
     return build_sam("vit_l", checkpoint)
 
 
-def build_sam_vit_b(checkpoint: str | Path | None = None) -> Sam:
+def build_sam_vit_b(checkpoint: str | Path | None = None) -> SamBackend:
     return build_sam("vit_b", checkpoint)
 
 
-def build_sam_tiny(checkpoint: str | Path | None = None) -> Sam:
+def build_sam_tiny(checkpoint: str | Path | None = None) -> SamBackend:
     return build_sam("tiny", checkpoint)
 
 
-SAM_REGISTRY: dict[str, Callable[..., Sam]] = {
+SAM_REGISTRY: dict[str, Callable[..., SamBackend]] = {
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
@@ -122,7 +237,7 @@ SAM_REGISTRY: dict[str, Callable[..., Sam]] = {
 }
 
 
-def build_sam(variant: str, checkpoint: str | Path | None = None) -> Sam:
+def build_sam(variant: str, checkpoint: str | Path | None = None) -> SamBackend:
     """Builds a SAM variant (``SAM_CONFIGS``); ``checkpoint``: a segment-anything ``.pth`` loaded strictly.
 
     The model is returned in eval mode, like segment-anything's builders.

@@ -1,6 +1,6 @@
 """Which promptable mask model EVF-SAM drives: SAM (segment-anything), EfficientSAM or SAM-2.
 
-    sam = build_sam_backend("vit_h", checkpoint="sam_vit_h_4b8939.pth")      # segment-anything Sam
+    sam = build_sam_backend("vit_h", checkpoint="sam_vit_h_4b8939.pth")      # a segment-anything Sam
     sam = build_sam_backend("efficient_sam_s", checkpoint="efficient_sam_vits.pt")
     sam = build_sam_backend("sam2_hiera_l", checkpoint="sam2_hiera_large.pt")
     sam_family("sam2_hiera_l")      # "sam2"
@@ -12,10 +12,11 @@ SAM-2 Hiera-L/-T (official "EVF-SAM2", `models/sam2_backend.py`, on Meta's ``sam
 
 Every backend keeps its own official parameter names (so the official EVF-SAM checkpoints'
 ``visual_model.*`` tensors load unchanged) and has a module called ``image_encoder``, which EVF-SAM
-keeps frozen. segment-anything's ``Sam`` is used as it is (`EvfSam` runs its decoder arithmetic
-batched over prompts); the other two implement the protocol below, which `EvfSam` calls:
+keeps frozen. All three (`sam.SamBackend`, a segment-anything ``Sam`` subclass;
+`efficient_sam.EfficientSam`; `sam2_backend.Sam2Backend`, a ``SAM2Base`` subclass) implement the
+protocol below, and `EvfSam` only ever calls it:
 
-    resize_mode: str                       # "square": resize longest side, then stretch to S x S
+    resize_mode: str                       # "pad" (SAM-1) | "square" (EfficientSAM, SAM-2)
     image_size: int                        # S
     prompt_dim: int                        # C, the projector's output width
     image_embedding_size: tuple[int, int]  # (h, w)
