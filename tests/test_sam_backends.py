@@ -307,3 +307,21 @@ def test_bad_image_index_is_refused_by_every_family(family):
             model.decode_masks(emb, prompts, torch.tensor([0, 1]))
         with pytest.raises(ValueError, match="image_index=None needs one prompt per image, got 2 prompts for 1"):
             model.decode_masks(emb, prompts, None)
+
+
+def test_features_per_prompt_views_one_image_and_gathers_many():
+    from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
+
+    one, many = torch.randn(1, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    view, = features_per_prompt(torch.zeros(5, dtype=torch.long), 5, one)
+    assert view.shape == (5, 4, 2, 2) and view.stride(0) == 0 and view.data_ptr() == one.data_ptr()  # no copies
+    idx = torch.tensor([2, 0, 2])
+    a, b = features_per_prompt(idx, 3, many, 2 * many)
+    assert torch.equal(a, many[idx]) and torch.equal(b, 2 * many[idx])
+    assert features_per_prompt(None, 3, many)[0] is many
+    masks = torch.randn(4, 3, 2, 2)
+    iou = torch.tensor([[0.1, 0.9, 0.2], [0.8, 0.1, 0.0], [0.1, 0.2, 0.3], [0.5, 0.5, 0.1]])
+    best_masks, best_iou = best_of_multimask(masks, iou)
+    assert best_masks.shape == (4, 1, 2, 2) and best_iou.shape == (4, 1)
+    assert torch.equal(best_iou[:, 0], torch.tensor([0.9, 0.8, 0.3, 0.5]))
+    assert torch.equal(best_masks[:, 0], masks[torch.arange(4), torch.tensor([1, 0, 2, 0])])  # ties: the first

@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
+
 __all__ = [
     "EFFICIENT_SAM_CONFIGS",
     "OFFICIAL_SAM_SCALE",
@@ -500,35 +502,19 @@ class EfficientSam(nn.Module):
         """
         if prompts.dim() == 2:
             prompts = prompts[:, None]
-        b, c, h, w = image_embeddings.shape
+        _, c, h, w = image_embeddings.shape
         if (h, w) != self.image_embedding_size or c != self.prompt_dim:
             eh, ew = self.image_embedding_size
             raise ValueError(f"image_embeddings must be (B, {self.prompt_dim}, {eh}, {ew}), "
                              f"got {tuple(image_embeddings.shape)}")
         if prompts.dim() != 3 or prompts.shape[-1] != c:
             raise ValueError(f"prompts must be (N, 1, {c}), got {tuple(prompts.shape)}")
-        n = prompts.shape[0]
-        if image_index is None:
-            if n != b:
-                raise ValueError(f"image_index=None needs one prompt per image, got {n} prompts for {b} images")
-            src = image_embeddings
-        else:
-            if tuple(image_index.shape) != (n,):
-                raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
-            if n and (int(image_index.min()) < 0 or int(image_index.max()) >= b):
-                raise ValueError(f"image_index out of range for {b} images: {image_index.tolist()}")
-            if b == 1:
-                src = image_embeddings.expand(n, -1, -1, -1)  # a view: no N copies
-            else:
-                src = image_embeddings.index_select(0, image_index.to(device=image_embeddings.device,
-                                                                      dtype=torch.long))
+        src, = features_per_prompt(image_index, prompts.shape[0], image_embeddings)  # (N, C, h, w)
         pos = self.prompt_encoder.get_dense_pe().to(src.dtype)  # (1, C, h, w), broadcast over prompts
         masks, iou = self.mask_decoder.predict_masks(src, pos, prompts.to(src.dtype))  # (N, M, 4h, 4w), (N, M)
         if not multimask_output or self.mask_decoder.num_multimask_outputs <= 1:
             return masks[:, :1], iou[:, :1]
-        masks, iou = masks[:, 1:], iou[:, 1:]
-        best = iou.argmax(dim=1, keepdim=True)  # (N, 1)
-        return torch.take_along_dim(masks, best[:, :, None, None], dim=1), torch.take_along_dim(iou, best, dim=1)
+        return best_of_multimask(masks[:, 1:], iou[:, 1:])
 
     def postprocess_masks(self, low_res: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
         """Official EVF-Effi-SAM post-processing: bilinear (align_corners=False) from (4h, 4w) straight to

@@ -28,6 +28,8 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor, nn
 
+from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
+
 __all__ = ["SAM_CONFIGS", "SAM_REGISTRY", "SamArch", "SamBackend", "build_sam", "load_sam_state_dict",
            "sam_variant_of"]
 
@@ -121,7 +123,7 @@ class SamBackend(Sam):
         """
         if prompts.dim() == 2:
             prompts = prompts[:, None]
-        b, c, h, w = image_embeddings.shape
+        _, c, h, w = image_embeddings.shape
         n = prompts.shape[0]
         pe_mod, dec = self.prompt_encoder, self.mask_decoder
         if (h, w) != tuple(pe_mod.image_embedding_size) or c != pe_mod.embed_dim:
@@ -132,19 +134,7 @@ class SamBackend(Sam):
         sparse = prompts.to(image_embeddings.dtype)  # (N, 1, C) = cat([empty (N, 0, C), prompt])
         dense = pe_mod.no_mask_embed.weight.reshape(1, -1, 1, 1).to(image_embeddings.dtype)  # (1, C, 1, 1)
         src = image_embeddings + dense  # (B, C, h, w): add once per image, then gather per prompt
-        if image_index is None:
-            if n != b:
-                raise ValueError(f"image_index=None needs one prompt per image, got {n} prompts for {b} images")
-        else:
-            image_index = image_index.to(device=src.device, dtype=torch.long)
-            if image_index.shape != (n,):
-                raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
-            if n and (int(image_index.min()) < 0 or int(image_index.max()) >= b):
-                raise ValueError(f"image_index out of range for {b} images: {image_index.tolist()}")
-            if b == 1:
-                src = src.expand(n, -1, -1, -1)  # a view: no N copies before the transformer
-            else:
-                src = src.index_select(0, image_index)  # (N, C, h, w)
+        src, = features_per_prompt(image_index, n, src)  # (N, C, h, w)
         pos_src = pe_mod.get_dense_pe().to(src.dtype).expand(n, -1, -1, -1)  # (N, C, h, w) view
 
         # MaskDecoder.predict_masks, batched over prompts.
@@ -164,10 +154,7 @@ class SamBackend(Sam):
 
         if not multimask_output:
             return masks[:, 0:1], iou_pred[:, 0:1]
-        masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]  # SAM's 3 multimask outputs
-        best = iou_pred.argmax(dim=1, keepdim=True)  # (N, 1)
-        masks = torch.take_along_dim(masks, best[:, :, None, None], dim=1)  # (N, 1, 4h, 4w)
-        return masks, torch.take_along_dim(iou_pred, best, dim=1)
+        return best_of_multimask(masks[:, 1:], iou_pred[:, 1:])  # of SAM's 3 multimask outputs
 
     # postprocess_masks(low_res, input_size, original_size) is Sam's own: bilinear to S x S, crop to
     # input_size (the resized image before padding), bilinear to original_size; align_corners=False.

@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
+
 if TYPE_CHECKING:  # the real class is created lazily (it subclasses sam2's SAM2Base)
     from sam2.modeling.sam2_base import SAM2Base as Sam2Backend  # noqa: F401
 
@@ -337,17 +339,8 @@ class _Sam2BackendMixin:
         image_embed, hr0, hr1 = image_features
         if prompts.dim() != 3 or prompts.shape[-1] != self.prompt_dim:
             raise ValueError(f"prompts must be (N, k, {self.prompt_dim}), got {tuple(prompts.shape)}")
-        n, b = prompts.shape[0], image_embed.shape[0]
-        if image_index is None:
-            if n != b:
-                raise ValueError(f"image_index=None needs one prompt per image, got {n} prompts for {b} images")
-        else:
-            image_index = image_index.to(device=image_embed.device, dtype=torch.long)
-            if image_index.shape != (n,):
-                raise ValueError(f"image_index must be ({n},), got {tuple(image_index.shape)}")
-            if n and (int(image_index.min()) < 0 or int(image_index.max()) >= b):
-                raise ValueError(f"image_index out of range for {b} images: {image_index.tolist()}")
-            image_embed, hr0, hr1 = (t.index_select(0, image_index) for t in (image_embed, hr0, hr1))
+        n = prompts.shape[0]
+        image_embed, hr0, hr1 = features_per_prompt(image_index, n, image_embed, hr0, hr1)
         dtype = image_embed.dtype
         self._keep_pe_float32()  # e.g. after a load_state_dict(assign=True) of a half-precision file
         h, w = self.image_embedding_size
@@ -363,10 +356,8 @@ class _Sam2BackendMixin:
             repeat_image=False,  # already one image embedding per prompt
             high_res_features=[hr0, hr1],
         )
-        if multimask_output:
-            best = iou.argmax(dim=1, keepdim=True)  # (N, 1)
-            masks = torch.take_along_dim(masks, best[:, :, None, None], dim=1)
-            iou = torch.take_along_dim(iou, best, dim=1)
+        if multimask_output:  # sam_mask_decoder returned its 3 multimask outputs
+            masks, iou = best_of_multimask(masks, iou)
         return masks, iou
 
     def postprocess_masks(self, low_res: Tensor, input_size: tuple[int, int] | None,
