@@ -33,3 +33,13 @@ def test_late_fusion_projector_width_is_derived():
 def test_impossible_combination_fails_at_build():
     with pytest.raises(ValueError, match="fused_layers"):
         build_tiny_model(seed=0, fusion="late", fused_layers=1)
+
+
+def test_fused_layers_only_through_early_k():
+    from evf_sam.models.evf_sam import EvfSamConfig, build_evf_sam
+
+    for fusion in ("early", "late"):  # "early" is the official path: it must not build early_k unannounced
+        config = EvfSamConfig(sam_variant="tiny", encoder="beit3_tiny", fusion=fusion,
+                              encoder_overrides={"fused_layers": 1})
+        with pytest.raises(ValueError, match="fusion='early_k' \\+ fused_layers=K, not through overrides"):
+            build_evf_sam(config)

@@ -292,6 +292,8 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
 
     sam = build_sam_backend(config.sam_variant, sam_checkpoint)
     if config.is_official_encoder():
+        if "fused_layers" in config.encoder_overrides:  # else it would build early_k unannounced
+            raise ValueError("set fused_layers through fusion='early_k' + fused_layers=K, not through overrides")
         encoder = build_beit3(config.encoder, **config.encoder_overrides)
     else:  # an ablation point: other encoder, fusion or feature (raises ValueError on impossible combinations)
         from evf_sam.models.encoders import build_prompt_encoder
