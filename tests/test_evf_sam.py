@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from evf_sam.models.beit3 import BEiT3
 from evf_sam.models.checkpoint import to_official_name
 from evf_sam.models.evf_sam import EvfSam, EvfSamConfig, build_evf_sam
 from evf_sam.models.projector import Projector
@@ -170,7 +171,9 @@ def test_encode_prompts_is_projected_vision_cls(model):
     beit = x["beit_images"][x["image_index"]]
     with torch.no_grad():
         p = model.encode_prompts(beit, x["text_ids"], x["text_padding_mask"])
-        hidden = model.encoder(text_ids=x["text_ids"], text_padding_mask=x["text_padding_mask"], image=beit).hidden
+        # the plain BEiT-3 forward (model.encoder is a BEiT3 subclass that returns the pooled feature)
+        hidden = BEiT3.forward(model.encoder, text_ids=x["text_ids"], text_padding_mask=x["text_padding_mask"],
+                               image=beit).hidden
         ref = model.projector.fc2(torch.relu(model.projector.fc1(hidden[:, 0])))[:, None]
     assert p.shape == (3, 1, model.config.out_dim)
     torch.testing.assert_close(p, ref)
@@ -245,3 +248,19 @@ def test_low_precision_decode_runs_and_tracks_fp32(dtype):
     assert low.dtype == dtype
     assert torch.isfinite(low.float()).all()
     assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("encoder,fusion,max_len", [("beit3_tiny", "early", 64), ("beit3_tiny", "late", 64),
+                                                    ("clip_tiny", "late", 32), ("vilt_tiny", "early", 32)])
+def test_every_encoder_has_one_interface(encoder, fusion, max_len):
+    """One builder, one text-length name: BEiT-3's is its position table minus the 2 fairseq rows."""
+    model = build_evf_sam(EvfSamConfig(sam_variant="tiny", encoder=encoder, fusion=fusion))
+    assert model.max_text_len == model.encoder.max_text_len == max_len
+    assert not hasattr(model.encoder, "max_text_length")
+    assert model.beit_image_size == model.encoder.image_size == 32
+    assert model.projector.in_dim == model.encoder.feature_dim
+    x = tiny_inputs(model, n_images=1, n_prompts=2)
+    with torch.no_grad():
+        feat = model.encoder(text_ids=x["text_ids"], text_padding_mask=x["text_padding_mask"],
+                             image=x["beit_images"][x["image_index"]])
+    assert feat.shape == (2, model.encoder.feature_dim)

@@ -345,7 +345,7 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
         return max(idx) + 1 if idx else 0
 
     problems = []
-    enc_cfg = model.encoder.config if hasattr(model.encoder, "config") else None
+    enc_cfg = model.encoder.config if model.encoder.kind == "beit3" else None  # mm_extractor_scale names a BEiT-3
     w_dim = dim("mm_extractor.beit3.vision_embed.proj.weight", 0)
     w_depth = count("mm_extractor.beit3.encoder.layers.")
     if enc_cfg is not None and w_dim is not None and (w_dim, w_depth) != (enc_cfg.embed_dim, enc_cfg.depth):
@@ -384,10 +384,11 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
 
 
 def _hidden_size(model: "EvfSam") -> int:
-    """config.json's ``hidden_size``: the encoder's width (= the projector input for the official
-    image-[CLS] feature; a concatenated feature is wider)."""
-    enc_cfg = getattr(model.encoder, "config", None)
-    return int(enc_cfg.embed_dim) if hasattr(enc_cfg, "embed_dim") else int(model.projector.in_dim)
+    """config.json's ``hidden_size``: BEiT-3's width (= the projector input for the official
+    image-[CLS] feature; a concatenated feature is wider). For CLIP / ViLT ablation points, which
+    have no official file, it has always been the projector input (the encoder's feature width)."""
+    enc = model.encoder
+    return int(enc.width) if enc.kind == "beit3" else int(enc.feature_dim)
 
 
 def _check_config_vs_model(model: "EvfSam", cfg: Mapping[str, Any], source: str) -> None:

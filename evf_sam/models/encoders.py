@@ -15,7 +15,7 @@ Encoders (paper Tab. 1) and the fusions each supports (Tab. 3):
 Inputs, for every encoder:
     text_ids           (N, T) long, tokenised with the encoder's own tokenizer (see
                        `load_encoder_tokenizer`: XLM-R sentencepiece for BEiT-3, CLIP BPE,
-                       BERT WordPiece for ViLT), at most ``adapter.max_text_length`` tokens
+                       BERT WordPiece for ViLT), at most ``adapter.max_text_len`` tokens
     text_padding_mask  (N, T) bool, True = padding
     image              (N, 3, H, W) in the BEiT-3 normalisation (mean = std = 0.5), i.e. the
                        data pipeline's ``Batch.beit_images``; CLIP / ViLT adapters re-normalise
@@ -165,7 +165,8 @@ class PromptEncoderAdapter(nn.Module):
         width: token width D of the encoder
         feature_dim: width of the returned feature (D, or 2D for "concat"); the projector's input width
         image_size, image_mean, image_std: what the encoder wants (the adapter converts from BEiT-3 input)
-        max_text_length: longest token sequence the encoder accepts (its text position table)
+        max_text_len: longest token sequence the encoder accepts, special tokens included (BEiT-3:
+            its text position table minus the 2 unused fairseq rows; CLIP / ViLT: their position table)
     """
 
     encoder_name: str
@@ -177,16 +178,15 @@ class PromptEncoderAdapter(nn.Module):
     image_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
-    max_text_length: int
+    max_text_len: int  # BEiT-3: `BEiT3.max_text_len`
 
     def _set_axes(self, *, encoder: str, kind: str, fusion: str, feature: str, width: int,
-                  image_size: int, image_mean, image_std, max_text_length: int) -> None:
+                  image_size: int, image_mean, image_std) -> None:
         self.encoder_name, self.kind, self.fusion, self.feature = encoder, kind, fusion, feature
         self.width = width
         self.feature_dim = feature_dim(feature, width)
         self.image_size = int(image_size)
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
-        self.max_text_length = int(max_text_length)
 
     def prepare_image(self, image: Tensor) -> Tensor:
         """(N, 3, H, W) BEiT-3-normalised -> (N, 3, S, S) in this encoder's normalisation and size."""
@@ -233,8 +233,7 @@ class BEiT3PromptEncoder(BEiT3, PromptEncoderAdapter):
             )
         super().__init__(config)
         self._set_axes(encoder=encoder, kind="beit3", fusion=fusion, feature=feature, width=config.embed_dim,
-                       image_size=config.img_size, image_mean=BEIT3_MEAN, image_std=BEIT3_STD,
-                       max_text_length=_beit3_max_text_length(config))
+                       image_size=config.img_size, image_mean=BEIT3_MEAN, image_std=BEIT3_STD)
 
     def forward(self, *, text_ids: Tensor, text_padding_mask: Tensor, image: Tensor) -> Tensor:
         """(N, T), (N, T), (N, 3, S, S) -> (N, feature_dim)."""
@@ -249,10 +248,6 @@ class BEiT3PromptEncoder(BEiT3, PromptEncoderAdapter):
         out = encode(text_ids=text_ids, text_padding_mask=text_padding_mask, image=image)
         s = out.multiway_split_position  # vision tokens first ([CLS] at 0), then text
         return pool_tokens(self.feature, image_tokens=out.hidden[:, :s], text_tokens=out.hidden[:, s:])
-
-
-def _beit3_max_text_length(config: BEiT3Config) -> int:
-    return int(config.max_text_positions)
 
 
 def _build_beit3(encoder: str, *, fusion: str, feature: str | None, fused_layers: int | None,
@@ -290,8 +285,8 @@ class CLIPPromptEncoder(PromptEncoderAdapter):
             self.vision_model = model.vision_model
             self.visual_projection = model.visual_projection
         self._set_axes(encoder=encoder, kind="clip", fusion=fusion, feature=feature, width=config.projection_dim,
-                       image_size=config.vision_config.image_size, image_mean=image_mean, image_std=image_std,
-                       max_text_length=config.text_config.max_position_embeddings)
+                       image_size=config.vision_config.image_size, image_mean=image_mean, image_std=image_std)
+        self.max_text_len = int(config.text_config.max_position_embeddings)  # <|startoftext|> ... <|endoftext|>
 
     def forward(self, *, text_ids: Tensor, text_padding_mask: Tensor, image: Tensor) -> Tensor:
         """(N, T), (N, T), (N, 3, H, W) -> (N, feature_dim)."""
@@ -340,8 +335,8 @@ class ViltPromptEncoder(PromptEncoderAdapter):
         self.model = model
         config = model.config
         self._set_axes(encoder=encoder, kind="vilt", fusion=fusion, feature=feature, width=config.hidden_size,
-                       image_size=config.image_size, image_mean=image_mean, image_std=image_std,
-                       max_text_length=config.max_position_embeddings)
+                       image_size=config.image_size, image_mean=image_mean, image_std=image_std)
+        self.max_text_len = int(config.max_position_embeddings)  # [CLS] ... [SEP]
 
     def _text_embed(self, text_ids: Tensor, text_padding_mask: Tensor) -> tuple[Tensor, Tensor]:
         emb = self.model.embeddings
@@ -485,7 +480,7 @@ def tokenize_for_encoder(encoder: str, tokenizer, prompts: list[str], max_length
 
     BEiT-3 goes through `evf_sam.tokenizer.tokenize` (the one used for inference and training); CLIP
     and ViLT use their tokenizer's own special tokens (CLIP: <|startoftext|> ... <|endoftext|>;
-    ViLT: [CLS] ... [SEP]). ``max_length`` must not exceed the adapter's ``max_text_length``.
+    ViLT: [CLS] ... [SEP]). ``max_length`` must not exceed the adapter's ``max_text_len``.
     """
     if encoder_kind(encoder) == "beit3":
         from evf_sam.tokenizer import tokenize

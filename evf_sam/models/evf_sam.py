@@ -34,8 +34,8 @@ class EvfSamConfig:
     """Architecture of an EVF-SAM model; serialised into config.json next to the official fields."""
 
     sam_variant: str = "vit_h"  # models/sam_backends.py: vit_h/l/b (SAM), efficient_sam_s/t, sam2_hiera_l/t
-    encoder: str = "beit3_large"  # BEIT3_CONFIGS; official "mm_extractor_scale": large/base <-> beit3_large/base
-    encoder_overrides: dict[str, Any] = field(default_factory=dict)  # BEiT3Config field overrides (tiny, fused_layers)
+    encoder: str = "beit3_large"  # models/encoders.py; official "mm_extractor_scale": large/base <-> beit3_large/base
+    encoder_overrides: dict[str, Any] = field(default_factory=dict)  # BEiT3Config fields / CLIP, ViLT config kwargs
     out_dim: int | None = None  # projector output = SAM prompt embed dim; None = derive from SAM (256 for vit_*)
     multimask_output: bool = False  # default of decode_masks: True keeps the best of 3 masks by predicted IoU
     # Ablation axes (paper Tab. 1, 3, 5); the defaults are the official model.
@@ -144,15 +144,13 @@ class EvfSam(nn.Module):
 
     @property
     def beit_image_size(self) -> int:
-        """BEiT-3 input side (224 for the official models)."""
-        enc = self.encoder
-        return int(enc.config.img_size if hasattr(enc, "config") else enc.image_size)
+        """Side of the prompt encoder's image input (BEiT-3: 224 for the official models)."""
+        return int(self.encoder.image_size)
 
     @property
     def max_text_len(self) -> int:
         """Longest token sequence (incl. <s> and </s>) the encoder's text position table allows."""
-        enc = self.encoder
-        return int(enc.max_text_len if hasattr(enc, "max_text_len") else enc.max_text_length)
+        return int(self.encoder.max_text_len)
 
     @property
     def image_embedding_size(self) -> tuple[int, int]:
@@ -185,14 +183,14 @@ class EvfSam(nn.Module):
     def encode_prompts(self, beit_images: Tensor, text_ids: Tensor, text_padding_mask: Tensor) -> Tensor:
         """Fused BEiT-3 forward; the vision [CLS] (token 0), projected, is the sparse prompt.
 
+        (An ablation encoder gives its own feature: `evf_sam.models.encoders`.)
         beit_images: (N, 3, 224, 224), text_ids: (N, T) long, text_padding_mask: (N, T) bool (True = pad)
         -> (N, 1, C)
         """
         if beit_images.shape[0] != text_ids.shape[0]:
             raise ValueError(f"one image per expression: beit_images has {beit_images.shape[0]}, "
                              f"text_ids {text_ids.shape[0]} (gather images with image_index first)")
-        out = self.encoder(text_ids=text_ids, text_padding_mask=text_padding_mask, image=beit_images)
-        feat = out if isinstance(out, Tensor) else out.hidden[:, 0]  # (N, D): vision [CLS]
+        feat = self.encoder(text_ids=text_ids, text_padding_mask=text_padding_mask, image=beit_images)  # (N, D)
         return self.projector(feat)[:, None]  # (N, 1, C)
 
     def decode_masks(self, image_embeddings: Tensor, prompt_embeddings: Tensor, image_index: Tensor | None = None,
@@ -274,9 +272,7 @@ def _sam_prompt_dim(sam: nn.Module) -> int:
 
 def _encoder_width(encoder: nn.Module) -> int:
     """Width of the feature the encoder hands to the projector (computed from the built module)."""
-    if hasattr(encoder, "feature_dim"):  # PromptEncoderAdapter (ablations)
-        return int(encoder.feature_dim)
-    return int(encoder.config.embed_dim)
+    return int(encoder.feature_dim)
 
 
 def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = None,
@@ -288,19 +284,15 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
     The SAM image encoder is frozen (``requires_grad=False``), as in every EVF-SAM configuration.
     Returned in eval mode.
     """
-    from evf_sam.models.beit3 import build_beit3, load_beit3_state_dict
+    from evf_sam.models.beit3 import load_beit3_state_dict
+    from evf_sam.models.encoders import build_prompt_encoder
 
     sam = build_sam_backend(config.sam_variant, sam_checkpoint)
-    if config.is_official_encoder():
-        if "fused_layers" in config.encoder_overrides:  # else it would build early_k unannounced
-            raise ValueError("set fused_layers through fusion='early_k' + fused_layers=K, not through overrides")
-        encoder = build_beit3(config.encoder, **config.encoder_overrides)
-    else:  # an ablation point: other encoder, fusion or feature (raises ValueError on impossible combinations)
-        from evf_sam.models.encoders import build_prompt_encoder
-
-        encoder = build_prompt_encoder(config.encoder, fusion=config.fusion, feature=config.feature,
-                                       fused_layers=config.fused_layers, pretrained=config.encoder_path,
-                                       overrides=config.encoder_overrides)
+    # Every encoder, the official BEiT-3 (early fusion, vision [CLS]) included; impossible
+    # combinations raise ValueError naming the clash.
+    encoder = build_prompt_encoder(config.encoder, fusion=config.fusion, feature=config.feature,
+                                   fused_layers=config.fused_layers, pretrained=config.encoder_path,
+                                   overrides=config.encoder_overrides)
     if encoder_checkpoint is not None:
         if not config.encoder.startswith("beit3"):
             raise ValueError(f"encoder_checkpoint is a BEiT-3 .pth, but encoder={config.encoder!r}; CLIP / ViLT "
