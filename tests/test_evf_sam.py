@@ -12,7 +12,7 @@ from evf_sam.models.beit3 import BEiT3
 from evf_sam.models.checkpoint import to_official_name
 from evf_sam.models.evf_sam import EvfSam, EvfSamConfig, build_evf_sam
 from evf_sam.models.projector import Projector
-from evf_sam.models.sam import SAM_CONFIGS, SAM_REGISTRY, build_sam
+from evf_sam.models.sam import SAM_CONFIGS, build_sam
 from evf_sam.testing import build_tiny_model, tiny_inputs
 
 REFERENCE = Path("/work/shared/reference")
@@ -43,7 +43,7 @@ def model() -> EvfSam:
 # SAM registry
 
 
-@pytest.mark.parametrize("variant", sorted(SAM_REGISTRY))
+@pytest.mark.parametrize("variant", sorted(SAM_CONFIGS))
 def test_sam_registry(variant):
     if variant == "tiny":
         sam = build_sam("tiny")
@@ -57,7 +57,7 @@ def test_sam_registry(variant):
     from segment_anything import sam_model_registry
 
     with torch.device("meta"):
-        ours = SAM_REGISTRY[variant]()
+        ours = build_sam(variant)
         ref = sam_model_registry[variant]()
     assert _shapes(ours) == _shapes(ref)
     assert ours.image_encoder.img_size == 1024

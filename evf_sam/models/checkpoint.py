@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from evf_sam.models.efficient_sam import OFFICIAL_SAM_SCALE
+
 if TYPE_CHECKING:  # evf_sam.models.evf_sam imports this module
     from evf_sam.models.evf_sam import EvfSam, EvfSamConfig
 
@@ -79,7 +81,7 @@ SAM_SCALES: dict[str, str] = {"huge": "vit_h", "large": "vit_l", "base": "vit_b"
 # evf_sam2.py: EfficientSAM "small"/"tiny" = vits/vitt, SAM-2 "large"/"tiny" = sam2_hiera_l/t)
 ARCHITECTURES: dict[str, dict[str, str]] = {
     "EvfSamModel": SAM_SCALES,
-    "EvfEffiSamModel": {"small": "efficient_sam_s", "tiny": "efficient_sam_t"},
+    "EvfEffiSamModel": OFFICIAL_SAM_SCALE,
     "EvfSam2Model": {"large": "sam2_hiera_l", "tiny": "sam2_hiera_t"},
 }
 _FAMILY_ARCHITECTURE = {"sam": "EvfSamModel", "efficient_sam": "EvfEffiSamModel", "sam2": "EvfSam2Model"}

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evf_sam.models.registry import register_sam_family
 from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
 
 __all__ = [
@@ -85,6 +86,7 @@ class EfficientSamArch:
     iou_head_hidden_dim: int = 256
 
 
+# The "efficient_sam" family's variants (registered with `build_efficient_sam`).
 EFFICIENT_SAM_CONFIGS: dict[str, EfficientSamArch] = {
     "efficient_sam_s": EfficientSamArch(encoder_embed_dim=384, encoder_num_heads=6),  # efficient_sam_vits.pt
     "efficient_sam_t": EfficientSamArch(encoder_embed_dim=192, encoder_num_heads=3),  # efficient_sam_vitt.pt
@@ -534,6 +536,7 @@ class EfficientSam(nn.Module):
 # Building and loading
 
 
+@register_sam_family("efficient_sam", resize_mode=EfficientSam.resize_mode, variants=EFFICIENT_SAM_CONFIGS)
 def build_efficient_sam(variant: str, checkpoint: str | Path | None = None) -> EfficientSam:
     """Builds an EfficientSAM variant (``EFFICIENT_SAM_CONFIGS``), in eval mode; ``checkpoint``: an official
     ``efficient_sam_vit{s,t}.pt`` (``{"model": state_dict}``) loaded strictly."""

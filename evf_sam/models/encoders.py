@@ -39,49 +39,29 @@ from torch import Tensor, nn
 
 from evf_sam.models.beit3 import BEIT3_CONFIGS, BEiT3, BEiT3Config
 from evf_sam.models.features import FUSIONS, feature_dim, pool_tokens, resolve_feature
+from evf_sam.models.registry import encoder_family_of, register_encoder_family
 
 # ---------------------------------------------------------------------------------------------
-# Registry
-
-# encoder name -> family ("kind"); the family decides the fusions and the tokenizer.
-ENCODER_KINDS: dict[str, str] = {
-    "beit3_large": "beit3",
-    "beit3_base": "beit3",
-    "beit3_tiny": "beit3",
-    "clip_large": "clip",  # OpenAI CLIP ViT-L/14 (openai/clip-vit-large-patch14)
-    "clip_huge": "clip",  # OpenCLIP ViT-H/14 (laion/CLIP-ViT-H-14-laion2B-s32B-b79K)
-    "clip_tiny": "clip",  # tests
-    "vilt": "vilt",  # ViLT-B/32 (dandelin/vilt-b32-mlm)
-    "vilt_tiny": "vilt",  # tests
-}
-
-KIND_FUSIONS: dict[str, tuple[str, ...]] = {
-    "beit3": FUSIONS,
-    "clip": ("text", "late"),  # two separate towers: no cross-modal attention exists
-    "vilt": ("text", "late", "early"),  # one single-stream transformer: fusion in every layer
-}
-_NO_FUSION_WHY = {
-    "clip": "CLIP encodes image and text in two separate towers, so there is no cross-modal attention",
-    "vilt": "ViLT has no per-layer fusion switch (only BEiT-3 implements fused_layers)",
-}
+# Variants: each encoder is declared once, in its family's table (BEiT-3: beit3.BEIT3_CONFIGS), and
+# each family registers its builder with that table (models/registry.py) below.
 
 # CLIPConfig keyword arguments (text_config / vision_config / projection_dim) of the public checkpoints.
 CLIP_PRESETS: dict[str, dict[str, Any]] = {
-    "clip_large": dict(
+    "clip_large": dict(  # OpenAI CLIP ViT-L/14 (openai/clip-vit-large-patch14)
         text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                          max_position_embeddings=77, hidden_act="quick_gelu"),
         vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                            image_size=224, patch_size=14, hidden_act="quick_gelu"),
         projection_dim=768,
     ),
-    "clip_huge": dict(
+    "clip_huge": dict(  # OpenCLIP ViT-H/14 (laion/CLIP-ViT-H-14-laion2B-s32B-b79K)
         text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                          max_position_embeddings=77, hidden_act="gelu"),
         vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                            image_size=224, patch_size=14, hidden_act="gelu"),
         projection_dim=1024,
     ),
-    "clip_tiny": dict(
+    "clip_tiny": dict(  # tests
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                          max_position_embeddings=32, vocab_size=256, bos_token_id=0, eos_token_id=1,
                          pad_token_id=1),
@@ -96,9 +76,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # ViltConfig keyword arguments; ViltConfig() defaults are dandelin/vilt-b32-mlm.
 VILT_PRESETS: dict[str, dict[str, Any]] = {
-    "vilt": dict(),
-    "vilt_tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      image_size=32, patch_size=8, vocab_size=256, max_position_embeddings=32),
+    "vilt": dict(),  # ViLT-B/32 (dandelin/vilt-b32-mlm)
+    "vilt_tiny": dict(  # tests
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+        patch_size=8, vocab_size=256, max_position_embeddings=32),
 }
 VILT_MEAN = (0.5, 0.5, 0.5)
 VILT_STD = (0.5, 0.5, 0.5)
@@ -109,12 +90,7 @@ BEIT3_STD = (0.5, 0.5, 0.5)
 
 def encoder_kind(encoder: str) -> str:
     """Family of an encoder name (``"clip_large"`` -> ``"clip"``); family names map to themselves."""
-    if encoder in KIND_FUSIONS:
-        return encoder
-    try:
-        return ENCODER_KINDS[encoder]
-    except KeyError:
-        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODER_KINDS)}") from None
+    return encoder_family_of(encoder).name
 
 
 def check_combination(
@@ -125,13 +101,13 @@ def check_combination(
 
     Raises ``ValueError`` naming the clashing options and what is allowed.
     """
-    kind = encoder_kind(encoder)
+    family = encoder_family_of(encoder)
     if fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-    allowed = KIND_FUSIONS[kind]
+    allowed = family.fusions
     if fusion not in allowed:
         raise ValueError(
-            f"fusion={fusion!r} is not possible with encoder={encoder!r}: {_NO_FUSION_WHY[kind]}; "
+            f"fusion={fusion!r} is not possible with encoder={encoder!r}: {family.no_fusion_why}; "
             f"allowed fusions for encoder={encoder!r}: {', '.join(allowed)}"
         )
     if fusion == "early_k":
@@ -250,8 +226,12 @@ class BEiT3PromptEncoder(BEiT3, PromptEncoderAdapter):
         return pool_tokens(self.feature, image_tokens=out.hidden[:, :s], text_tokens=out.hidden[:, s:])
 
 
+@register_encoder_family("beit3", fusions=FUSIONS, variants=BEIT3_CONFIGS)
 def _build_beit3(encoder: str, *, fusion: str, feature: str | None, fused_layers: int | None,
-                 overrides: dict | None) -> BEiT3PromptEncoder:
+                 pretrained: str | Path | None, overrides: dict | None) -> BEiT3PromptEncoder:
+    if pretrained is not None:
+        raise ValueError("pretrained= is for CLIP / ViLT directories; BEiT-3 weights load through "
+                         "evf_sam.models.checkpoint")
     overrides = dict(overrides or {})
     if "fused_layers" in overrides:
         raise ValueError("set fused_layers through fusion='early_k' + fused_layers=K, not through overrides")
@@ -299,11 +279,14 @@ class CLIPPromptEncoder(PromptEncoderAdapter):
         return pool_tokens(self.feature, text_tokens=text, image_tokens=img)
 
 
-def _build_clip(encoder: str, *, fusion: str, feature: str | None, pretrained: str | Path | None,
-                overrides: dict | None) -> CLIPPromptEncoder:
+@register_encoder_family("clip", fusions=("text", "late"), variants=CLIP_PRESETS,  # two towers
+                         no_fusion_why="CLIP encodes image and text in two separate towers, so there is no "
+                                       "cross-modal attention")
+def _build_clip(encoder: str, *, fusion: str, feature: str | None, fused_layers: int | None,
+                pretrained: str | Path | None, overrides: dict | None) -> CLIPPromptEncoder:
     from transformers import CLIPConfig, CLIPModel
 
-    check_combination(encoder, fusion, feature)  # fail before loading weights
+    check_combination(encoder, fusion, feature, fused_layers)  # fail before loading weights
     mean, std = CLIP_MEAN, CLIP_STD
     if pretrained is not None:
         if overrides:
@@ -375,11 +358,13 @@ class ViltPromptEncoder(PromptEncoderAdapter):
         return pool_tokens(self.feature, text_tokens=h[:, :t], image_tokens=h[:, t:], patch_mask=imask[:, 1:].bool())
 
 
-def _build_vilt(encoder: str, *, fusion: str, feature: str | None, pretrained: str | Path | None,
-                overrides: dict | None) -> ViltPromptEncoder:
+@register_encoder_family("vilt", fusions=("text", "late", "early"), variants=VILT_PRESETS,  # one stream
+                         no_fusion_why="ViLT has no per-layer fusion switch (only BEiT-3 implements fused_layers)")
+def _build_vilt(encoder: str, *, fusion: str, feature: str | None, fused_layers: int | None,
+                pretrained: str | Path | None, overrides: dict | None) -> ViltPromptEncoder:
     from transformers import ViltConfig, ViltModel
 
-    check_combination(encoder, fusion, feature)
+    check_combination(encoder, fusion, feature, fused_layers)
     mean, std = VILT_MEAN, VILT_STD
     if pretrained is not None:
         if overrides:
@@ -408,7 +393,8 @@ def build_prompt_encoder(
     """Builds the prompt encoder for one point of the ablation grid.
 
     Args:
-        encoder: registry name (`ENCODER_KINDS`): beit3_large, beit3_base, clip_large, clip_huge, vilt, *_tiny.
+        encoder: registered name (`registry.encoder_names()`): beit3_large, beit3_base, clip_large,
+            clip_huge, vilt, *_tiny.
         fusion: "text" | "late" | "early" | "early_k".
         feature: "image_cls" | "text_cls" | "image_avg" | "concat"; None = the fusion's default
             (text -> text_cls, late -> concat, early / early_k -> image_cls).
@@ -417,17 +403,8 @@ def build_prompt_encoder(
             not loaded here: they come with the EVF-SAM checkpoint or `models/checkpoint.py`.
         overrides: architecture overrides for tiny models (BEiT3Config fields; CLIPConfig / ViltConfig kwargs).
     """
-    kind = encoder_kind(encoder)
-    if kind == "beit3":
-        if pretrained is not None:
-            raise ValueError("pretrained= is for CLIP / ViLT directories; BEiT-3 weights load through "
-                             "evf_sam.models.checkpoint")
-        return _build_beit3(encoder, fusion=fusion, feature=feature, fused_layers=fused_layers, overrides=overrides)
-    if fused_layers is not None:
-        check_combination(encoder, fusion, feature, fused_layers)  # raises: fused_layers is BEiT-3 only
-    if kind == "clip":
-        return _build_clip(encoder, fusion=fusion, feature=feature, pretrained=pretrained, overrides=overrides)
-    return _build_vilt(encoder, fusion=fusion, feature=feature, pretrained=pretrained, overrides=overrides)
+    return encoder_family_of(encoder).build(encoder, fusion=fusion, feature=feature, fused_layers=fused_layers,
+                                            pretrained=pretrained, overrides=overrides)
 
 
 def _merge(base: dict, overrides: dict) -> dict:

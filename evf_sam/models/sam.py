@@ -22,16 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor, nn
 
+from evf_sam.models.registry import register_sam_family
 from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
 
-__all__ = ["SAM_CONFIGS", "SAM_REGISTRY", "SamArch", "SamBackend", "build_sam", "load_sam_state_dict",
-           "sam_variant_of"]
+__all__ = ["SAM_CONFIGS", "SamArch", "SamBackend", "build_sam", "load_sam_state_dict", "sam_variant_of"]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # on 0-255 values, as segment-anything
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -56,6 +56,7 @@ class SamArch:
     iou_head_hidden_dim: int = 256
 
 
+# The "sam" family's variants (registered with `build_sam` below).
 SAM_CONFIGS: dict[str, SamArch] = {
     "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
     "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
@@ -200,30 +201,7 @@ def _build(arch: SamArch) -> SamBackend:
     )
 
 
-def build_sam_vit_h(checkpoint: str | Path | None = None) -> SamBackend:
-    return build_sam("vit_h", checkpoint)
-
-
-def build_sam_vit_l(checkpoint: str | Path | None = None) -> SamBackend:
-    return build_sam("vit_l", checkpoint)
-
-
-def build_sam_vit_b(checkpoint: str | Path | None = None) -> SamBackend:
-    return build_sam("vit_b", checkpoint)
-
-
-def build_sam_tiny(checkpoint: str | Path | None = None) -> SamBackend:
-    return build_sam("tiny", checkpoint)
-
-
-SAM_REGISTRY: dict[str, Callable[..., SamBackend]] = {
-    "vit_h": build_sam_vit_h,
-    "vit_l": build_sam_vit_l,
-    "vit_b": build_sam_vit_b,
-    "tiny": build_sam_tiny,
-}
-
-
+@register_sam_family("sam", resize_mode=SamBackend.resize_mode, variants=SAM_CONFIGS)
 def build_sam(variant: str, checkpoint: str | Path | None = None) -> SamBackend:
     """Builds a SAM variant (``SAM_CONFIGS``); ``checkpoint``: a segment-anything ``.pth`` loaded strictly.
 

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evf_sam.models.registry import register_sam_family
 from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
 
 if TYPE_CHECKING:  # the real class is created lazily (it subclasses sam2's SAM2Base)
@@ -101,6 +102,7 @@ class Sam2Arch:
         return self.image_size // 16
 
 
+# The "sam2" family's variants (registered with `build_sam2_backend`).
 SAM2_CONFIGS: dict[str, Sam2Arch] = {
     # sam2_hiera_l.yaml: the official EVF-SAM2 (config.json "sam_scale": "large")
     "sam2_hiera_l": Sam2Arch(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4), global_att_blocks=(23, 33, 43),
@@ -249,7 +251,7 @@ class _Sam2BackendMixin:
     ``arch``: the `Sam2Arch` it was built from.
     """
 
-    resize_mode = "square"
+    resize_mode: str = "square"  # ResizeLongestSide(S) then stretched to S x S (no padding)
 
     def __init__(self, arch: Sam2Arch) -> None:
         meta = _default_device_is_meta()
@@ -371,6 +373,7 @@ class _Sam2BackendMixin:
                              align_corners=False)
 
 
+@register_sam_family("sam2", resize_mode=_Sam2BackendMixin.resize_mode, variants=SAM2_CONFIGS)
 def build_sam2_backend(variant: str, checkpoint: str | Path | None = None) -> nn.Module:
     """Builds a SAM-2 variant (``SAM2_CONFIGS``) as a `Sam2Backend`, in eval mode.
 

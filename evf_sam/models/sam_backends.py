@@ -36,42 +36,32 @@ from pathlib import Path
 
 from torch import nn
 
-__all__ = ["SAM_FAMILIES", "SAM_VARIANTS", "build_sam_backend", "resize_mode_of", "sam_family"]
+# Importing a family's module registers its builder and variants (models/registry.py), in the order
+# of paper Tab. 7, which is the order of SAM_VARIANTS and of the names in error messages. None of
+# them imports Meta's `sam2` before a SAM-2 model is built.
+# isort: off
+from evf_sam.models import sam  # noqa: F401
+from evf_sam.models import efficient_sam  # noqa: F401
+from evf_sam.models import sam2_backend  # noqa: F401
+# isort: on
+from evf_sam.models.registry import sam_family_of, sam_variant_names
 
-# variant name -> family. Listed statically so that configs validate without importing sam2.
-SAM_FAMILIES: dict[str, str] = {
-    "vit_h": "sam", "vit_l": "sam", "vit_b": "sam", "tiny": "sam",
-    "efficient_sam_s": "efficient_sam", "efficient_sam_t": "efficient_sam", "efficient_sam_tiny": "efficient_sam",
-    "sam2_hiera_l": "sam2", "sam2_hiera_t": "sam2", "sam2_tiny": "sam2",
-}
-SAM_VARIANTS: tuple[str, ...] = tuple(SAM_FAMILIES)
-_RESIZE_MODES = {"sam": "pad", "efficient_sam": "square", "sam2": "square"}
+__all__ = ["SAM_VARIANTS", "build_sam_backend", "resize_mode_of", "sam_family"]
+
+SAM_VARIANTS: tuple[str, ...] = sam_variant_names()
 
 
 def sam_family(variant: str) -> str:
     """"sam" | "efficient_sam" | "sam2"; ValueError naming the choices for an unknown variant."""
-    if variant not in SAM_FAMILIES:
-        raise ValueError(f"unknown SAM variant {variant!r}; choose one of {', '.join(SAM_VARIANTS)}")
-    return SAM_FAMILIES[variant]
+    return sam_family_of(variant).name
 
 
 def resize_mode_of(variant: str) -> str:
     """The SAM-branch preprocessing of a variant: "pad" (SAM-1) or "square" (EfficientSAM, SAM-2)."""
-    return _RESIZE_MODES[sam_family(variant)]
+    return sam_family_of(variant).resize_mode
 
 
 def build_sam_backend(variant: str, checkpoint: str | Path | None = None) -> nn.Module:
     """Builds any registered variant in eval mode; ``checkpoint``: the family's official weight file,
     loaded strictly (segment-anything ``.pth``, EfficientSAM ``.pt``, SAM-2 ``.pt``)."""
-    family = sam_family(variant)
-    if family == "sam":
-        from evf_sam.models.sam import build_sam
-
-        return build_sam(variant, checkpoint)
-    if family == "efficient_sam":
-        from evf_sam.models.efficient_sam import build_efficient_sam
-
-        return build_efficient_sam(variant, checkpoint)
-    from evf_sam.models.sam2_backend import build_sam2_backend
-
-    return build_sam2_backend(variant, checkpoint)
+    return sam_family_of(variant).build(variant, checkpoint)
