@@ -73,3 +73,95 @@ def test_listing_and_validating_variants_does_not_import_sam2():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Import graph of evf_sam/models
+
+MODELS = ROOT / "evf_sam" / "models"
+PKG = "evf_sam.models"
+# The one import that goes against the layering (checkpoint.py, the IO, sits above evf_sam.py, the
+# model). EvfSam.from_pretrained / save_pretrained are the public, HF-style entry points (README,
+# predictor, trainer, scripts); they delegate to checkpoint.load_pretrained / save_pretrained,
+# imported when called, so the implementation stays above the model and importing the model never
+# imports the IO. Nothing else may import upwards, at module level or inside a function.
+ALLOWED_BACK_EDGES = {(f"{PKG}.evf_sam", f"{PKG}.checkpoint")}
+
+
+def _module_name(path: Path) -> str:
+    return PKG if path.name == "__init__.py" else f"{PKG}.{path.stem}"
+
+
+def _import_graph() -> dict[str, dict[str, bool]]:
+    """module -> {imported models/ module: True if imported at module level (incl. class bodies and
+    TYPE_CHECKING blocks), False if only inside functions}; ``from evf_sam.models import x`` counts
+    as importing the submodule x."""
+    import ast
+
+    submodules = {p.stem for p in MODELS.glob("*.py") if p.name != "__init__.py"}
+    graph: dict[str, dict[str, bool]] = {}
+    for path in sorted(MODELS.glob("*.py")):
+        edges: dict[str, bool] = {}
+
+        def visit(node: ast.AST, in_function: bool) -> None:
+            for child in ast.iter_child_nodes(node):
+                nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                targets: list[str] = []
+                if isinstance(child, ast.Import):
+                    targets = [a.name for a in child.names]
+                elif isinstance(child, ast.ImportFrom):
+                    assert child.level == 0, f"{path.name}: relative import"
+                    base = child.module or ""
+                    targets = [f"{base}.{a.name}" if base == PKG and a.name in submodules else base
+                               for a in child.names]
+                for t in targets:
+                    if t == PKG or t.startswith(PKG + "."):
+                        t = ".".join(t.split(".")[:3])  # evf_sam.models.<module>
+                        edges[t] = edges.get(t, False) or not in_function
+                visit(child, nested)
+
+        visit(ast.parse(path.read_text()), False)
+        me = _module_name(path)
+        edges.pop(me, None)
+        graph[me] = edges
+    return graph
+
+
+def _find_cycle(graph: dict[str, dict[str, bool]], skip: set[tuple[str, str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def dfs(node: str, stack: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, {})):
+            if (node, nxt) in skip:
+                continue
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [node, nxt] if nxt in stack else [node, nxt]
+            if state.get(nxt) is None and (cycle := dfs(nxt, stack + [node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if state.get(start) is None and (cycle := dfs(start, [])):
+            return cycle
+    return None
+
+
+def test_models_import_graph_is_acyclic():
+    graph = _import_graph()
+    assert len(graph) == len(list(MODELS.glob("*.py"))) and f"{PKG}.checkpoint" in graph
+    for src, dst in ALLOWED_BACK_EDGES:  # the documented delegation exists, and only inside functions
+        assert dst in graph[src], f"stale allowance {src} -> {dst}: drop it from ALLOWED_BACK_EDGES"
+        assert graph[src][dst] is False, f"{src} imports {dst} at module level"
+    cycle = _find_cycle(graph, ALLOWED_BACK_EDGES)
+    assert cycle is None, "import cycle in evf_sam/models: " + " -> ".join(cycle)
+    # loading and saving sit above the model: checkpoint imports evf_sam at module level
+    assert graph[f"{PKG}.checkpoint"].get(f"{PKG}.evf_sam") is True
+
+
+def test_import_graph_parser_sees_function_level_imports(tmp_path):
+    """The checker itself: a function-level import that closes a cycle is found."""
+    graph = {"a": {"b": True}, "b": {"c": True}, "c": {"a": False}}
+    assert _find_cycle(graph, set()) == ["a", "b", "c", "a"]
+    assert _find_cycle(graph, {("c", "a")}) is None

@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from evf_sam.models.state_dict import read_state_dict
+
 __all__ = [
     "BEIT3_CONFIGS",
     "BEiT3",
@@ -456,8 +458,6 @@ def load_beit3_state_dict(
     every key must belong to the model. Missing keys, unexpected keys and shape mismatches raise
     :class:`BEiT3LoadError` naming each of them; nothing is copied in that case.
     """
-    from evf_sam.models.state_dict import read_state_dict
-
     obj = read_state_dict(state_dict_or_path, wrappers=("model", "module"), what="BEiT-3 checkpoint",
                           expected="a BEiT-3 .pth with the state dict under 'model', keys 'beit3.*'")
 

@@ -1,4 +1,6 @@
-"""Checkpoints: the one place where the official EVF-SAM names are translated, both ways.
+"""Checkpoints: the one place where the official EVF-SAM names are translated, both ways. This module
+sits above the model (it builds `EvfSam` to load into); `EvfSam.from_pretrained` / `save_pretrained`
+delegate here.
 
     ours                 official EVF-SAM checkpoint
     sam.*                visual_model.*
@@ -25,6 +27,7 @@ they are how tiny models (``sam_variant: "tiny"``) round-trip.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,15 +35,22 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from evf_sam.models.beit3 import BEIT3_CONFIGS
 from evf_sam.models.efficient_sam import OFFICIAL_SAM_SCALE
-
-if TYPE_CHECKING:  # evf_sam.models.evf_sam imports this module
-    from evf_sam.models.evf_sam import EvfSam, EvfSamConfig
+from evf_sam.models.evf_sam import EvfSam, EvfSamConfig, build_evf_sam
+from evf_sam.models.sam import PIXEL_MEAN, PIXEL_STD, SAM_CONFIGS
+from evf_sam.models.sam_backends import sam_family
+from evf_sam.models.state_dict import (  # noqa: F401  (StateDictMismatchError: public here too)
+    StateDictMismatchError,
+    check_state_dict,
+    load_state_dict_strict,
+    short_list,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -139,62 +149,6 @@ def from_official_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Ten
 
 
 # ---------------------------------------------------------------------------------------------
-# Strict loading with a report
-
-
-class StateDictMismatchError(RuntimeError):
-    """A state dict that does not match the model; ``missing``, ``unexpected``, ``mismatched`` name them.
-
-    ``mismatched`` holds ``(name, shape in the file, shape in the model)``.
-    """
-
-    def __init__(self, what: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        lines = [f"{what} does not match the model:"]
-        if missing:
-            lines.append(f"  missing tensors ({len(missing)}): {_short_list(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected tensors ({len(unexpected)}): {_short_list(unexpected)}")
-        for name, got, want in mismatched[:50]:
-            lines.append(f"  shape mismatch {name}: file has {got}, model expects {want}")
-        if len(mismatched) > 50:
-            lines.append(f"  ... and {len(mismatched) - 50} more shape mismatches")
-        super().__init__("\n".join(lines))
-
-
-def _short_list(names: list[str], limit: int = 50) -> str:
-    head = ", ".join(names[:limit])
-    return head + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def check_state_dict(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *, what: str,
-                     display: Callable[[str], str] | None = None, extra_unexpected: Iterable[str] = ()) -> None:
-    """Raises `StateDictMismatchError` unless ``state`` has exactly ``expected``'s names and shapes.
-
-    ``display`` maps our names to the names the user sees in their file (e.g. `to_official_name`).
-    """
-    show = display or (lambda n: n)
-    missing = sorted(show(k) for k in expected if k not in state)
-    unexpected = sorted([show(k) for k in state if k not in expected] + list(extra_unexpected))
-    mismatched = [(show(k), tuple(state[k].shape), tuple(expected[k].shape))
-                  for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mismatched:
-        raise StateDictMismatchError(what, missing, unexpected, mismatched)
-
-
-def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], *, what: str,
-                           display: Callable[[str], str] | None = None, assign: bool = False) -> None:
-    """Checks names and shapes (`check_state_dict`), then loads; nothing is copied on error.
-
-    ``assign=False`` copies into the existing tensors (casting to their dtype); ``assign=True``
-    adopts the given tensors (for modules built on the ``meta`` device).
-    """
-    check_state_dict(module.state_dict(), state, what=what, display=display)
-    module.load_state_dict(state, strict=True, assign=assign)
-
-
-# ---------------------------------------------------------------------------------------------
 # Reading an official directory
 
 
@@ -274,10 +228,8 @@ def read_official_weights(path: str | Path) -> tuple[dict[str, Tensor], Path]:
     raise FileNotFoundError(f"no weights in {str(path)!r}: expected one of {', '.join(WEIGHT_FILES)}")
 
 
-def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -> "EvfSamConfig":
+def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -> EvfSamConfig:
     """Maps an official (or our extended) config.json to an `EvfSamConfig`."""
-    from evf_sam.models.evf_sam import EvfSamConfig
-
     archs = list(cfg.get("architectures") or [])
     known = [a for a in archs if a in ARCHITECTURES]
     if archs and not known:
@@ -303,8 +255,6 @@ def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -
 
     sam_variant = pick("sam_variant", "sam_scale", sam_scales)
     if known:
-        from evf_sam.models.sam_backends import sam_family
-
         if _FAMILY_ARCHITECTURE.get(sam_family(sam_variant)) != known[0]:
             raise ValueError(f"{source}: architectures={archs} but sam_variant={sam_variant!r} is a "
                              f"{sam_family(sam_variant)} model ({_FAMILY_ARCHITECTURE[sam_family(sam_variant)]})")
@@ -333,8 +283,8 @@ def _variant_hint(guess: list[str], scales: Mapping[str, str], key: str) -> str:
     return f" (looks like {guess[0]}" + (f", {key}={official!r}" if official else "") + ")"
 
 
-def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mapping[str, Any],
-                       config: "EvfSamConfig", source: str) -> None:
+def _weights_vs_config(model: EvfSam, state: Mapping[str, Tensor], cfg: Mapping[str, Any],
+                       config: EvfSamConfig, source: str) -> None:
     """Raises ValueError when config.json describes another architecture than the weights hold."""
 
     def dim(name: str, i: int) -> int | None:
@@ -351,8 +301,6 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
     w_dim = dim("mm_extractor.beit3.vision_embed.proj.weight", 0)
     w_depth = count("mm_extractor.beit3.encoder.layers.")
     if enc_cfg is not None and w_dim is not None and (w_dim, w_depth) != (enc_cfg.embed_dim, enc_cfg.depth):
-        from evf_sam.models.beit3 import BEIT3_CONFIGS
-
         guess = [n for n, c in BEIT3_CONFIGS.items() if (c.embed_dim, c.depth) == (w_dim, w_depth)]
         hint = _variant_hint(guess, ENCODER_SCALES, "mm_extractor_scale")
         problems.append(
@@ -364,9 +312,6 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
         problems.append(f"hidden_size={cfg['hidden_size']}, but the BEiT-3 weights have embed_dim {w_dim}")
     s_dim = dim("visual_model.image_encoder.patch_embed.proj.weight", 0)
     s_depth = count("visual_model.image_encoder.blocks.")
-    from evf_sam.models.sam import SAM_CONFIGS
-    from evf_sam.models.sam_backends import sam_family
-
     want = None
     if sam_family(config.sam_variant) == "sam":  # sam_scale names a segment-anything ViT: check its size
         arch = SAM_CONFIGS[config.sam_variant]
@@ -385,7 +330,7 @@ def _weights_vs_config(model: "EvfSam", state: Mapping[str, Tensor], cfg: Mappin
         raise ValueError(f"{source} disagrees with the weights:\n  " + "\n  ".join(problems))
 
 
-def _hidden_size(model: "EvfSam") -> int:
+def _hidden_size(model: EvfSam) -> int:
     """config.json's ``hidden_size``: BEiT-3's width (= the projector input for the official
     image-[CLS] feature; a concatenated feature is wider). For CLIP / ViLT ablation points, which
     have no official file, it has always been the projector input (the encoder's feature width)."""
@@ -393,7 +338,7 @@ def _hidden_size(model: "EvfSam") -> int:
     return int(enc.width) if enc.kind == "beit3" else int(enc.feature_dim)
 
 
-def _check_config_vs_model(model: "EvfSam", cfg: Mapping[str, Any], source: str) -> None:
+def _check_config_vs_model(model: EvfSam, cfg: Mapping[str, Any], source: str) -> None:
     problems = []
     if "hidden_size" in cfg and int(cfg["hidden_size"]) != _hidden_size(model):
         problems.append(f"hidden_size={cfg['hidden_size']}, but {model.config.encoder} has width "
@@ -406,14 +351,12 @@ def _check_config_vs_model(model: "EvfSam", cfg: Mapping[str, Any], source: str)
 
 
 def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> "EvfSam":
+                    device: str | torch.device = "cpu") -> EvfSam:
     """Builds the model config.json describes and loads its weights strictly (see module docstring).
 
     The model is built on the ``meta`` device (no random init, no double memory) and adopts the
     file's tensors cast to ``dtype`` on ``device``. Returned in eval mode, SAM image encoder frozen.
     """
-    from evf_sam.models.evf_sam import EvfSam, build_evf_sam
-
     path = Path(path)
     cfg = read_official_config(path)
     source = str(path / CONFIG_FILE)
@@ -432,15 +375,12 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32,
     model.load_state_dict(state, strict=True, assign=True)
     _materialise_meta(model, device, dtype)
     model.sam.image_encoder.requires_grad_(False)
-    assert isinstance(model, EvfSam)
     return model.eval()
 
 
 def _materialise_meta(model: nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
     """Non-persistent buffers (``sam.pixel_mean`` / ``pixel_std``) are not in the files: rebuild them.
     (EfficientSAM and SAM-2 have no non-persistent buffers; every buffer of theirs is in the file.)"""
-    from evf_sam.models.sam import PIXEL_MEAN, PIXEL_STD
-
     consts = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
     for mod_name, mod in model.named_modules():
         for name, buf in list(mod._buffers.items()):
@@ -453,14 +393,14 @@ def _materialise_meta(model: nn.Module, device: str | torch.device, dtype: torch
             mod._buffers[name] = buf.to(device=device, dtype=dtype if buf.is_floating_point() else None)
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
-        raise RuntimeError(f"parameters left uninitialised: {_short_list(leftover)}")
+        raise RuntimeError(f"parameters left uninitialised: {short_list(leftover)}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing
 
 
-def official_state_dict(model: "EvfSam", dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+def official_state_dict(model: EvfSam, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
     """Model tensors under official names, contiguous, on CPU, optionally cast (floating ones only)."""
     out = {}
     for k, v in model.state_dict().items():
@@ -471,13 +411,9 @@ def official_state_dict(model: "EvfSam", dtype: torch.dtype | None = None) -> di
     return out
 
 
-def official_config(model: "EvfSam", torch_dtype: torch.dtype) -> dict[str, Any]:
+def official_config(model: EvfSam, torch_dtype: torch.dtype) -> dict[str, Any]:
     """config.json in the official schema, plus our fields (sam_variant, encoder, encoder_overrides, ...)."""
-    import dataclasses
-
     import transformers
-
-    from evf_sam.models.sam_backends import sam_family
 
     c = model.config
     arch = _FAMILY_ARCHITECTURE[sam_family(c.sam_variant)]
@@ -583,7 +519,7 @@ def _write_weights(d: Path, state: dict[str, Tensor], fmt: str, max_shard_tensor
     (d / index_name).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
-def save_pretrained(model: "EvfSam", path: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+def save_pretrained(model: EvfSam, path: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
     """``model.safetensors`` (official names, the model's dtype) + config.json + tokenizer files, atomically."""
     dtypes = {p.dtype for p in model.parameters()}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32  # mixed precision: save float32

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from evf_sam.models.registry import register_sam_family
 from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
+from evf_sam.models.state_dict import load_weights_strict
 
 __all__ = [
     "EFFICIENT_SAM_CONFIGS",
@@ -561,8 +562,6 @@ def load_efficient_sam_state_dict(model: EfficientSam, path_or_state_dict: Mappi
     mismatches raise `StateDictMismatchError` naming each of them, and nothing is copied in that case. Values are
     cast to the model's dtype (a model built on the meta device adopts the given tensors instead).
     """
-    from evf_sam.models.state_dict import load_weights_strict
-
     on_meta = any(p.is_meta for p in model.parameters())
     load_weights_strict(model, path_or_state_dict, what=what, skip=_CONSTANT_KEYS, assign=on_meta,
                         expected="an EfficientSAM .pt file ({'model': state_dict})")

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from evf_sam.models.beit3 import load_beit3_state_dict
+from evf_sam.models.encoders import build_prompt_encoder
 from evf_sam.models.projector import Projector
 from evf_sam.models.sam_backends import SAM_VARIANTS, build_sam_backend, sam_family
 
@@ -245,7 +247,10 @@ class EvfSam(nn.Module):
         prompts = self.encode_prompts(beit_images.index_select(0, image_index), text_ids, text_padding_mask)
         return self.decode_masks(image_embeddings, prompts, image_index, multimask_output)
 
-    # -- checkpoints (models/checkpoint.py does the work) -------------------------------------
+    # -- checkpoints --------------------------------------------------------------------------
+    # models/checkpoint.py does the work. It sits above this module (it builds EvfSam), so these two
+    # public entry points import it when called: the one import against the layering in models/
+    # (tests/test_models_structure.py keeps the rest of the import graph acyclic).
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
@@ -284,9 +289,6 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
     The SAM image encoder is frozen (``requires_grad=False``), as in every EVF-SAM configuration.
     Returned in eval mode.
     """
-    from evf_sam.models.beit3 import load_beit3_state_dict
-    from evf_sam.models.encoders import build_prompt_encoder
-
     sam = build_sam_backend(config.sam_variant, sam_checkpoint)
     # Every encoder, the official BEiT-3 (early fusion, vision [CLS]) included; impossible
     # combinations raise ValueError naming the clash.

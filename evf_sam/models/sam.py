@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from evf_sam.models.registry import register_sam_family
 from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
+from evf_sam.models.state_dict import load_weights_strict
 
 __all__ = ["SAM_CONFIGS", "SamArch", "SamBackend", "build_sam", "load_sam_state_dict", "sam_variant_of"]
 
@@ -229,8 +230,6 @@ def load_sam_state_dict(sam: Sam, state_dict_or_path: Mapping[str, Tensor] | str
     unexpected keys and shape mismatches raise `StateDictMismatchError` naming each of them, and
     nothing is copied in that case. Values are cast to the model's dtype.
     """
-    from evf_sam.models.state_dict import load_weights_strict
-
     load_weights_strict(sam, state_dict_or_path, what=what, expected="a segment-anything .pth file",
                         skip=_SAM_CONSTANT_KEYS)
 

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from evf_sam.models.registry import register_sam_family
 from evf_sam.models.sam_decoding import best_of_multimask, features_per_prompt
+from evf_sam.models.state_dict import load_weights_strict
 
 if TYPE_CHECKING:  # the real class is created lazily (it subclasses sam2's SAM2Base)
     from sam2.modeling.sam2_base import SAM2Base as Sam2Backend  # noqa: F401
@@ -397,8 +398,6 @@ def load_sam2_state_dict(model: nn.Module, state_dict_or_path: Mapping[str, Tens
     mis-shaped tensors raise `StateDictMismatchError` naming each; nothing is copied then. Values
     are cast to the model's dtype.
     """
-    from evf_sam.models.state_dict import load_weights_strict
-
     load_weights_strict(model, state_dict_or_path, what=what,
                         expected="a SAM-2 .pt file with the state dict under 'model'")
     if isinstance(model, _Sam2BackendMixin):

@@ -1,15 +1,69 @@
-"""Reading a state dict from a checkpoint file or object (shared by the BEiT-3 and SAM loaders), and
-the strict load of a SAM-family weight file (SAM, EfficientSAM, SAM-2)."""
+"""State dicts: strict loading with a report (every missing, unexpected and mis-shaped tensor named),
+reading one from a checkpoint file or object, and the strict load of a SAM-family weight file
+(SAM, EfficientSAM, SAM-2). Shared by every loader in models/ (BEiT-3, SAM backends, checkpoint.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["load_weights_strict", "read_state_dict"]
+__all__ = ["StateDictMismatchError", "check_state_dict", "load_state_dict_strict", "load_weights_strict",
+           "read_state_dict"]
+
+
+class StateDictMismatchError(RuntimeError):
+    """A state dict that does not match the model; ``missing``, ``unexpected``, ``mismatched`` name them.
+
+    ``mismatched`` holds ``(name, shape in the file, shape in the model)``.
+    """
+
+    def __init__(self, what: str, missing: list[str], unexpected: list[str],
+                 mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        lines = [f"{what} does not match the model:"]
+        if missing:
+            lines.append(f"  missing tensors ({len(missing)}): {short_list(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected tensors ({len(unexpected)}): {short_list(unexpected)}")
+        for name, got, want in mismatched[:50]:
+            lines.append(f"  shape mismatch {name}: file has {got}, model expects {want}")
+        if len(mismatched) > 50:
+            lines.append(f"  ... and {len(mismatched) - 50} more shape mismatches")
+        super().__init__("\n".join(lines))
+
+
+def short_list(names: list[str], limit: int = 50) -> str:
+    head = ", ".join(names[:limit])
+    return head + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_state_dict(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *, what: str,
+                     display: Callable[[str], str] | None = None, extra_unexpected: Iterable[str] = ()) -> None:
+    """Raises `StateDictMismatchError` unless ``state`` has exactly ``expected``'s names and shapes.
+
+    ``display`` maps our names to the names the user sees in their file (e.g. `to_official_name`).
+    """
+    show = display or (lambda n: n)
+    missing = sorted(show(k) for k in expected if k not in state)
+    unexpected = sorted([show(k) for k in state if k not in expected] + list(extra_unexpected))
+    mismatched = [(show(k), tuple(state[k].shape), tuple(expected[k].shape))
+                  for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        raise StateDictMismatchError(what, missing, unexpected, mismatched)
+
+
+def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], *, what: str,
+                           display: Callable[[str], str] | None = None, assign: bool = False) -> None:
+    """Checks names and shapes (`check_state_dict`), then loads; nothing is copied on error.
+
+    ``assign=False`` copies into the existing tensors (casting to their dtype); ``assign=True``
+    adopts the given tensors (for modules built on the ``meta`` device).
+    """
+    check_state_dict(module.state_dict(), state, what=what, display=display)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def read_state_dict(src: Mapping[str, Any] | str | Path, *, wrappers: tuple[str, ...], what: str,
@@ -39,7 +93,5 @@ def load_weights_strict(module: torch.nn.Module, src: Mapping[str, Any] | str | 
     """`read_state_dict` (``{"model": ...}`` / ``{"state_dict": ...}`` unwrapped), minus the ``skip`` keys
     (constants some exports carry), then `load_state_dict_strict`: missing, unexpected and mis-shaped
     tensors raise `StateDictMismatchError` naming each, and nothing is copied then."""
-    from evf_sam.models.checkpoint import load_state_dict_strict
-
     obj = read_state_dict(src, wrappers=("model", "state_dict"), what=what, expected=expected)
     load_state_dict_strict(module, {k: v for k, v in obj.items() if k not in skip}, what=what, assign=assign)
