@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("evf_sam.models.beit3", reason="evf_sam.models.beit3 not written yet")
-from evf_sam.models import encoders  # noqa: E402
-from evf_sam.models.encoders import build_prompt_encoder, check_combination, load_encoder_tokenizer  # noqa: E402
-from evf_sam.models.encoders import tokenize_for_encoder  # noqa: E402
-from evf_sam.models.features import FUSION_FEATURES  # noqa: E402
+from evf_sam.models import encoders
+from evf_sam.models.encoders import build_prompt_encoder, check_combination, load_encoder_tokenizer
+from evf_sam.models.encoders import tokenize_for_encoder
+from evf_sam.models.features import FUSION_FEATURES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -246,8 +245,9 @@ def test_encoder_tokenizers(tmp_path):
 
 
 def test_beit3_early_image_cls_equals_evf_sam_encode_prompts():
-    evf = pytest.importorskip("evf_sam.models.evf_sam", reason="evf_sam.models.evf_sam not written yet")
     import dataclasses
+
+    from evf_sam.models import evf_sam as evf
 
     fields = {f.name for f in dataclasses.fields(evf.EvfSamConfig)}
     kw = dict(sam_variant="tiny", encoder="beit3_tiny")

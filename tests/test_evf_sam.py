@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,15 @@ from evf_sam.models.projector import Projector
 from evf_sam.models.sam import SAM_CONFIGS, build_sam
 from evf_sam.testing import build_tiny_model, tiny_inputs
 
-REFERENCE = Path("/work/shared/reference")
-TSV = {"large": REFERENCE / "evf_sam_large_keys.tsv", "base": REFERENCE / "evf_sam_base_keys.tsv"}
+ROOT = Path(__file__).resolve().parents[1]
+# The official checkpoints' tensor names and shapes (facts, no weights), committed beside the tests;
+# copies of ../shared/reference/evf_sam_{large,base}_keys.tsv (see its FORMATS.md).
+FIXTURES = Path(__file__).parent / "fixtures"
+TSV = {"large": FIXTURES / "evf_sam_large_keys.tsv", "base": FIXTURES / "evf_sam_base_keys.tsv"}
+SHARED_REFERENCE = ROOT.parent / "shared" / "reference"
 
 
 def _read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
     out = {}
     for line in path.read_text().splitlines():
         if line.strip():
@@ -65,6 +68,19 @@ def test_sam_registry(variant):
         for scale in ("large", "base"):
             official = {k: v for k, v in _read_tsv(TSV[scale]).items() if k.startswith("visual_model.")}
             assert _shapes(ours, "visual_model.") == official
+
+
+@pytest.mark.parametrize("scale", ["large", "base"])
+def test_committed_tensor_lists_are_the_reference(scale):
+    """The committed lists are complete (FORMATS.md's counts) and, where the shared reference
+    directory sits beside the repository (../shared/reference), byte-identical to it."""
+    official = _read_tsv(TSV[scale])
+    n_tensors, n_params = {"large": (1569, 1_315_105_328), "base": (1089, 862_865_712)}[scale]
+    assert len(official) == n_tensors
+    assert sum(math.prod(shape) for shape in official.values()) == n_params
+    shared = SHARED_REFERENCE / TSV[scale].name
+    if SHARED_REFERENCE.is_dir():
+        assert shared.read_bytes() == TSV[scale].read_bytes(), f"{TSV[scale]} differs from {shared}"
 
 
 @pytest.mark.parametrize("scale,encoder", [("large", "beit3_large"), ("base", "beit3_base")])

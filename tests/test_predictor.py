@@ -134,8 +134,7 @@ def test_from_pretrained_reads_the_tokenizer_beside_the_weights(tmp_path, model,
 def test_tokenizer_found_beside_the_weights_the_model_came_from(tmp_path, model, tok_dir, image):
     ckpt = write_official_checkpoint(tmp_path / "ckpt", model, tok_dir, fmt="safetensors")
     loaded = EvfSam.from_pretrained(ckpt)
-    if not getattr(loaded, "source_dir", None):
-        pytest.skip("EvfSam.from_pretrained does not record its directory")
+    assert loaded.source_dir == ckpt  # recorded by from_pretrained: where the tokenizer files are
     pred = EvfSamPredictor(loaded)  # no tokenizer given: read from the checkpoint directory
     pred.set_image(image)
     assert pred.predict(PROMPTS[1]).masks.shape == (1, 37, 91)
