@@ -18,7 +18,7 @@ from evf_sam.testing import build_tiny_model, tiny_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official checkpoints' tensor names and shapes (facts, no weights), committed beside the tests;
-# copies of ../shared/reference/evf_sam_{large,base}_keys.tsv (see its FORMATS.md).
+# copies of ../shared/reference/evf_sam_{large,base}_keys.tsv (described in ../shared/reference/FORMATS.md).
 FIXTURES = Path(__file__).parent / "fixtures"
 TSV = {"large": FIXTURES / "evf_sam_large_keys.tsv", "base": FIXTURES / "evf_sam_base_keys.tsv"}
 SHARED_REFERENCE = ROOT.parent / "shared" / "reference"
@@ -72,7 +72,7 @@ def test_sam_registry(variant):
 
 @pytest.mark.parametrize("scale", ["large", "base"])
 def test_committed_tensor_lists_are_the_reference(scale):
-    """The committed lists are complete (FORMATS.md's counts) and, where the shared reference
+    """The committed lists are complete (../shared/reference/FORMATS.md's counts) and, where the shared reference
     directory sits beside the repository (../shared/reference), byte-identical to it."""
     official = _read_tsv(TSV[scale])
     n_tensors, n_params = {"large": (1569, 1_315_105_328), "base": (1089, 862_865_712)}[scale]
@@ -92,7 +92,7 @@ def test_full_model_matches_official_tensor_list(scale, encoder):
     assert sorted(set(ours) ^ set(official)) == []
     assert ours == official
     n_params = sum(v.numel() for v in m.state_dict().values())
-    assert n_params == {"large": 1_315_105_328, "base": 862_865_712}[scale]  # FORMATS.md
+    assert n_params == {"large": 1_315_105_328, "base": 862_865_712}[scale]  # ../shared/reference/FORMATS.md
     assert m.sam_image_size == 1024 and m.beit_image_size == 224 and m.config.out_dim == 256
 
 

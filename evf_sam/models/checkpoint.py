@@ -21,8 +21,10 @@ Every load is strict: missing tensors, unexpected tensors and shape mismatches r
 `StateDictMismatchError` naming each tensor by its name in the file (official names), and a
 config.json that disagrees with its weights (e.g. ``mm_extractor_scale: "large"`` next to
 BEiT-3-Base weights) raises `ValueError` saying what each side says. Our own fields (``sam_variant``,
-``encoder``, ``encoder_overrides``, ``multimask_output``) are written next to the official ones;
-they are how tiny models (``sam_variant: "tiny"``) round-trip.
+``encoder``, ``encoder_overrides``, ``multimask_output``; ``sam_stability_fallback`` when set; the
+ablation axes ``fusion``, ``feature``, ``fused_layers``, ``encoder_path`` for non-official encoders)
+are written next to the official ones; they are how tiny models (``sam_variant: "tiny"``) and
+ablation points round-trip. File formats: ../shared/reference/FORMATS.md.
 """
 
 from __future__ import annotations

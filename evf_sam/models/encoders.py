@@ -230,8 +230,8 @@ class BEiT3PromptEncoder(BEiT3, PromptEncoderAdapter):
 def _build_beit3(encoder: str, *, fusion: str, feature: str | None, fused_layers: int | None,
                  pretrained: str | Path | None, overrides: dict | None) -> BEiT3PromptEncoder:
     if pretrained is not None:
-        raise ValueError("pretrained= is for CLIP / ViLT directories; BEiT-3 weights load through "
-                         "evf_sam.models.checkpoint")
+        raise ValueError("pretrained= is for CLIP / ViLT directories; BEiT-3 weights come with an EVF-SAM "
+                         "checkpoint (EvfSam.from_pretrained) or a BEiT-3 .pth (build_evf_sam(encoder_checkpoint=))")
     overrides = dict(overrides or {})
     if "fused_layers" in overrides:
         raise ValueError("set fused_layers through fusion='early_k' + fused_layers=K, not through overrides")
@@ -400,7 +400,8 @@ def build_prompt_encoder(
             (text -> text_cls, late -> concat, early / early_k -> image_cls).
         fused_layers: K for fusion="early_k" (cross-modal attention in the first K layers).
         pretrained: CLIP / ViLT: a local transformers directory (`from_pretrained`). BEiT-3 weights are
-            not loaded here: they come with the EVF-SAM checkpoint or `models/checkpoint.py`.
+            not loaded here: they come with an EVF-SAM checkpoint (`EvfSam.from_pretrained`) or a
+            BEiT-3 .pth (`build_evf_sam(encoder_checkpoint=...)`, `beit3.load_beit3_state_dict`).
         overrides: architecture overrides for tiny models (BEiT3Config fields; CLIPConfig / ViltConfig kwargs).
     """
     return encoder_family_of(encoder).build(encoder, fusion=fusion, feature=feature, fused_layers=fused_layers,

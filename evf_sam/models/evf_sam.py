@@ -7,10 +7,12 @@ projected, is the one sparse prompt of a frozen-encoder SAM (paper Fig. 4).
     low_res, iou = model.decode_masks(emb, prompts, image_index)
     logits = model.postprocess_masks(low_res, input_size, original_size)   # (N, 1, H, W), mask = logits > 0
 
-The prompt wiring is the official one: SAM's prompt encoder with no points, boxes or masks gives an
-empty sparse embedding and ``no_mask_embed`` as the dense embedding; the projected [CLS] is appended
-to the sparse embedding. Decoding runs segment-anything's ``MaskDecoder`` arithmetic for N prompts
-against their images (``image_index``) without repeating each image embedding per prompt first.
+Three parts, one path for every configuration: a prompt encoder (`models/encoders.py`; officially
+BEiT-3 with early fusion, whose vision [CLS] is the feature), the `Projector`, and a SAM backend
+(`models/sam_backends.py`: SAM, EfficientSAM or SAM-2), to which `EvfSam` always delegates. The
+prompt wiring is the official one: the projected feature is the one sparse prompt, appended to the
+empty sparse embedding of SAM's prompt encoder; the backend decodes N prompts against their images
+(``image_index``) in one batch without repeating each image embedding per prompt first.
 """
 
 from __future__ import annotations
@@ -84,9 +86,9 @@ class EvfSam(nn.Module):
     to it; it never asks which one it holds.
 
     Attributes:
-        encoder: `BEiT3` (torchscale names; official ``mm_extractor.beit3``). Any module with the
-            same call signature that returns either a `BEiT3Output` or an (N, D) feature tensor
-            (e.g. `evf_sam.models.encoders.PromptEncoderAdapter`) also works.
+        encoder: a prompt encoder of `evf_sam.models.encoders` (``encoder(text_ids=, text_padding_mask=,
+            image=)`` -> (N, D); attributes ``feature_dim``, ``image_size``, ``max_text_len``). Official:
+            `BEiT3PromptEncoder`, a `BEiT3` with torchscale's names (official ``mm_extractor.beit3``).
         projector: `Projector` D -> C (official ``text_hidden_fcs.0``)
         sam: `SamBackend` (a segment-anything ``Sam``), `EfficientSam` or `Sam2Backend` (official ``visual_model``)
         config: `EvfSamConfig`
