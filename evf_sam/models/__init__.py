@@ -1,4 +1,5 @@
-"""The model library: BEiT-3 encoder, projector, SAM builders, EvfSam, checkpoints.
+"""The model library: prompt encoders (BEiT-3; CLIP / ViLT ablations), projector, SAM backends (SAM,
+EfficientSAM, SAM-2), EvfSam; official checkpoints in `evf_sam.models.checkpoint`.
 
 Never imports Hydra, DeepSpeed or evf_sam.engine.
 """

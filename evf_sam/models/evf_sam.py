@@ -79,7 +79,7 @@ class EvfSamConfig:
 
 
 class EvfSam(nn.Module):
-    """BEiT-3 encoder + projector + SAM (image encoder, prompt encoder, mask decoder).
+    """Prompt encoder (BEiT-3) + projector + SAM backend (image encoder, prompt encoder, mask decoder).
 
     ``sam`` is a SAM backend (paper Tab. 7) implementing the protocol of `evf_sam.models.sam_backends`:
     segment-anything's SAM (the official EVF-SAM), EfficientSAM or SAM-2. `EvfSam` always delegates
@@ -115,8 +115,8 @@ class EvfSam(nn.Module):
 
         segment-anything's ``PositionEmbeddingRandom`` builds its coordinate grid in float32 and
         multiplies it by this (2, C/2) buffer, which fails once the buffer is bf16/fp16. The official
-        fp16 inference has the same constraint; the dense PE is cast to the model dtype in
-        `decode_masks`, so keeping this one small buffer in float32 changes no arithmetic.
+        fp16 inference has the same constraint; every backend casts the dense PE to the embeddings'
+        dtype in `decode_text_prompts`, so keeping this one small buffer in float32 changes no arithmetic.
         """
         super()._apply(fn, recurse)
         self._keep_pe_float32()
