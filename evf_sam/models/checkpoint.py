@@ -276,7 +276,6 @@ def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -
     )
 
 
-# Facts a config implies that the weights can contradict: (what, official tensor, dim, config value getter)
 def _variant_hint(guess: list[str], scales: Mapping[str, str], key: str) -> str:
     """" (looks like vit_b, sam_scale='base')" for the first registry entry the weights match."""
     if not guess:
