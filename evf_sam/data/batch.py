@@ -7,6 +7,14 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+__all__ = ["Batch", "text_length"]
+
+
+def text_length(requested: int | None, model_max: int) -> int:
+    """Token length T of the prompts: ``requested`` (``data.max_text_len``) capped at the model's
+    text position table; None / 0 = the model's."""
+    return int(min(requested, model_max)) if requested else int(model_max)
+
 
 @dataclass
 class Batch:

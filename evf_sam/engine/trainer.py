@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 import sys
 import time
@@ -34,16 +33,19 @@ import numpy as np
 import torch
 
 from evf_sam.atomic import atomic_write_text
-from evf_sam.data.batch import Batch
+from evf_sam.config import resolved
+from evf_sam.data.batch import Batch, text_length
 from evf_sam.engine import distributed as D
 from evf_sam.engine.losses import mask_losses, valid_mask
 from evf_sam.engine.optim import apply_trainable, build_optimizer, build_scheduler, format_param_table
+from evf_sam.engine.run_logging import setup_logging
+from evf_sam.engine.state import TrainState, rng_state, seed_everything, set_rng_state
 from evf_sam.models.sam_backends import sam_family
 
 __all__ = ["NonFiniteLossError", "TrainState", "Trainer", "build_deepspeed_config", "find_latest_checkpoint",
            "resolve_precision", "train"]
 
-logger = logging.getLogger("evf_sam.train")
+logger = logging.getLogger(__name__)
 
 TAG_FMT = "step_{:08d}"
 COMPLETE = "complete"
@@ -51,17 +53,6 @@ COMPLETE = "complete"
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps done
-    samples: int = 0  # training images seen (all ranks)
-    expressions: int = 0  # referring expressions seen (all ranks)
-    skipped_steps: int = 0
-    nonfinite_in_row: int = 0
-    best_metric: float = -1.0
-    best_step: int = -1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,49 +110,6 @@ def find_latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(tags)[1] if tags else None
 
 
-def _rng_state() -> dict:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _setup_logging(run_dir: Path, rank: int) -> None:
-    root = logging.getLogger()
-    fmt = logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for h in list(root.handlers):
-        if getattr(h, "_evf_sam", False):
-            root.removeHandler(h)
-    if rank == 0:
-        sh = logging.StreamHandler(sys.stdout)
-        fh = logging.FileHandler(run_dir / "train.log")
-        for h in (sh, fh):
-            h.setFormatter(fmt)
-            h._evf_sam = True
-            root.addHandler(h)
-        root.setLevel(logging.INFO)
-    else:
-        root.setLevel(logging.WARNING)
-        sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(fmt)
-        sh._evf_sam = True
-        root.addHandler(sh)
-
-
 # ---------------------------------------------------------------------------------------------
 # Trainer
 
@@ -181,7 +129,7 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         D.barrier()
-        _setup_logging(self.run_dir, self.rank)
+        setup_logging(self.run_dir, self.rank)
         if tc.engine != "deepspeed":
             raise ValueError(f"trainer.engine={tc.engine!r}: only 'deepspeed' is implemented")
         self.precision = resolve_precision(tc.precision, self.device)
@@ -259,7 +207,7 @@ class Trainer:
         D.barrier()
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"trainer_state": asdict(self.state)},
                                     save_latest=False)
-        torch.save(_rng_state(), d / f"rng_rank{self.rank}.pt")
+        torch.save(rng_state(), d / f"rng_rank{self.rank}.pt")
         D.barrier()
         if self.rank == 0:
             atomic_write_text(d / "trainer_state.json", json.dumps(asdict(self.state), indent=1))
@@ -298,7 +246,7 @@ class Trainer:
         self.state = TrainState(**client["trainer_state"])
         rng = path / f"rng_rank{self.rank}.pt"
         if rng.is_file() and marker.get("world_size") == self.world:
-            _set_rng_state(torch.load(rng, weights_only=False))
+            set_rng_state(torch.load(rng, weights_only=False))
         else:
             logger.warning("resume: no RNG state for rank %d at world size %d; reseeding", self.rank, self.world)
             seed_everything(int(self.cfg.seed) + 1000 * self.state.step + self.rank)
@@ -487,7 +435,7 @@ class Trainer:
                 best = {"step": self.state.best_step, self.cfg.trainer.best_metric: self.state.best_metric,
                         "path": str(self.run_dir / "best")} if self.state.best_step >= 0 else None
                 results.update(best=best, checkpoint=str(final), samples=self.state.samples,
-                               config=_resolved(self.cfg))
+                               config=resolved(self.cfg))
                 atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1))
         if self.logger_backend is not None:
             self.logger_backend.finish()
@@ -521,12 +469,6 @@ class Trainer:
             logger.info("exported %s", path)
         D.barrier()
         return path
-
-
-def _resolved(cfg) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def train(cfg, *, config_yaml: str | None = None) -> dict[str, Any]:
@@ -566,7 +508,7 @@ def prepare_data(cfg, run_dir: Path) -> dict[str, Any]:
         if D.is_main():  # idempotent: a complete dataset with the same parameters is reused
             from evf_sam.data.synthetic import make_synthetic_refer
 
-            kwargs = {k: v for k, v in _resolved_node(syn).items() if k != "generate"}
+            kwargs = {k: v for k, v in resolved(syn).items() if k != "generate"}
             stats = make_synthetic_refer(root, **kwargs)
             logger.info("synthetic REFER data in %s (%s)", root, "reused" if stats.get("reused") else "generated")
         D.barrier()
@@ -574,12 +516,6 @@ def prepare_data(cfg, run_dir: Path) -> dict[str, Any]:
         check_refer_root(dc.root, _sources(dc))
     _semantic_readers(dc)  # ADE20K / Mapillary layout (FileNotFoundError naming the path), before any model
     return {"kind": "refer", "root": str(dc.root)}
-
-
-def _resolved_node(node) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
 def build_model_and_tokenizer(cfg, run_dir: Path):
@@ -625,7 +561,7 @@ def _build_model(mc, tokenizer):
     """A fresh EvfSam from ``cfg.model`` (SAM / BEiT-3 initialised from their .pth files if given)."""
     from evf_sam.models.evf_sam import EvfSamConfig, build_evf_sam
 
-    overrides = dict(_resolved_node(mc.get("encoder_overrides")) or {})
+    overrides = dict(resolved(mc.get("encoder_overrides")) or {})
     if mc.get("make_tiny_tokenizer", False) and mc.get("tokenizer") is None:
         overrides.setdefault("vocab_size", len(tokenizer))
     config = EvfSamConfig(sam_variant=str(mc.sam_variant), encoder=str(mc.encoder), encoder_overrides=overrides,
@@ -638,8 +574,7 @@ def _build_model(mc, tokenizer):
 
 
 def _max_text_len(cfg, model) -> int:
-    n = cfg.data.get("max_text_len")
-    return int(min(n, model.max_text_len)) if n else int(model.max_text_len)
+    return text_length(cfg.data.get("max_text_len"), model.max_text_len)
 
 
 # -- semantic-segmentation data (paper Tab. 6; configs/data/refer_mix_semantic.yaml) ---------------
