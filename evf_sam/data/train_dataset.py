@@ -36,9 +36,10 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from evf_sam.data.batch import Batch
+from evf_sam.data.eval_dataset import EvalItem, ImageEntriesDataset
 
-__all__ = ["EXCLUDE_SPLITS", "REFCLEF_ID_OFFSET", "RandomTrainDataset", "ReferTrainDataset", "StepBatchSampler",
-           "Source", "check_refer_root", "collate_samples"]
+__all__ = ["EXCLUDE_SPLITS", "REFCLEF_ID_OFFSET", "RandomEvalDataset", "RandomTrainDataset", "ReferTrainDataset",
+           "StepBatchSampler", "Source", "check_refer_root", "collate_samples"]
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,32 @@ class RandomTrainDataset(_TrainBase):
         sam = self.sam_image(image_id) if self.with_sam_images else torch.zeros(3, 0, 0)
         return {"sam_image": sam, "beit_image": beit, "sentences": sentences, "masks": masks,
                 "input_size": (s, s), "original_size": (s, s), "image_id": image_id}
+
+
+class RandomEvalDataset(ImageEntriesDataset):
+    """Held-out random samples (``data.kind=random`` validation) as `ReferEvalDataset`-like items.
+
+    Item ``i`` is sample ``i`` of a `RandomTrainDataset` with ``seed`` and one sentence per sample:
+    one expression, its rectangle mask as the ground truth at the original size (= the S x S frame).
+    """
+
+    def __init__(self, *, sam_size: int, beit_size: int, seed: int, num_images: int = 8):
+        self.samples = RandomTrainDataset(tokenizer=None, sam_size=sam_size, beit_size=beit_size, max_text_len=0,
+                                          seed=seed, num_images=num_images, sentences_per_image=1)
+        self.entries = [(i, [i]) for i in range(int(num_images))]  # (sample index, [its one expression])
+
+    @property
+    def name(self) -> str:
+        return "random|-|val"
+
+    def __getitem__(self, index: int) -> EvalItem:
+        i, _ = self.entries[index]
+        s = self.samples[i]
+        n = len(s["sentences"])
+        return EvalItem(image_id=int(s["image_id"]), image_path="", sam_image=s["sam_image"], beit_image=s["beit_image"],
+                        input_size=tuple(s["input_size"]), original_size=tuple(s["original_size"]),
+                        sentences=list(s["sentences"]), gt_masks=s["masks"] > 0.5, ref_ids=[i] * n,
+                        sent_ids=list(range(n)))
 
 
 class ReferTrainDataset(_TrainBase):

@@ -707,9 +707,11 @@ def _primary_val_dataset(cfg, model):
     vc = cfg.data.get("val")
     if vc is None:
         return None
-    if cfg.data.kind == "random":
-        # held-out random images (ids beyond the training ones), fixed sentences per index
-        return ("random", int(vc.get("num_images", 8)))
+    if cfg.data.kind == "random":  # held-out random samples (another seed), one expression each
+        from evf_sam.data.train_dataset import RandomEvalDataset
+
+        return RandomEvalDataset(sam_size=model.sam_image_size, beit_size=model.beit_image_size,
+                                 seed=int(cfg.seed) + 1, num_images=int(vc.get("num_images", 8)))
     from evf_sam.data.eval_dataset import build_eval_dataset
 
     return build_eval_dataset(cfg.data.root, str(vc.dataset), str(vc.split_by), str(vc.split),
@@ -738,11 +740,7 @@ def run_validation(cfg, model, tokenizer, val_dataset, *, device, dtype) -> dict
         return {**run_validation(cfg, model, tokenizer, val_dataset.primary, device=device, dtype=dtype),
                 "extra_splits": extra}
     vc = cfg.data.val
-    split = f"{vc.get('dataset', 'random')}|{vc.get('split_by', '-')}|{vc.get('split', 'val')}"
-    if isinstance(val_dataset, tuple) and val_dataset[0] == "random":
-        return {"split": split, **_random_validation(cfg, model, tokenizer, val_dataset[1], device=device,
-                                                     dtype=dtype)}
-    return {"split": split, **_evaluate_split(cfg, model, tokenizer, val_dataset,
+    return {"split": val_dataset.name, **_evaluate_split(cfg, model, tokenizer, val_dataset,
                                               batch_size=int(vc.get("batch_size", 4)), device=device, dtype=dtype)}
 
 
@@ -754,29 +752,3 @@ def _evaluate_split(cfg, model, tokenizer, dataset, *, batch_size: int, device, 
     if not isinstance(metrics, dict):
         metrics = dict(vars(metrics))
     return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
-
-
-def _random_validation(cfg, model, tokenizer, num_images: int, *, device, dtype) -> dict[str, float]:
-    """cIoU / gIoU in the SAM frame on random held-out samples (data.kind=random only)."""
-    from evf_sam.data.train_dataset import RandomTrainDataset
-    from evf_sam.engine.losses import upsample_logits
-
-    ds = RandomTrainDataset(tokenizer=tokenizer, sam_size=model.sam_image_size, beit_size=model.beit_image_size,
-                            max_text_len=_max_text_len(cfg, model), seed=int(cfg.seed) + 1, num_images=num_images,
-                            sentences_per_image=1, encoder=str(cfg.model.encoder))
-    idx = list(range(D.rank(), num_images, D.world_size()))
-    inter = union = 0.0
-    ious = []
-    for i in range(0, len(idx), 4):
-        b = ds.collate([ds[j] for j in idx[i:i + 4]]).to(device, dtype=dtype)
-        low, _ = model(b.sam_images, b.beit_images, b.text_ids, b.text_padding_mask, b.image_index)
-        pred = (upsample_logits(low, b.gt_masks.shape[-1]) > 0) & valid_mask(b.input_sizes, b.image_index,
-                                                                               b.gt_masks.shape[-1])
-        gt = b.gt_masks > 0.5
-        i_ = (pred & gt).flatten(1).sum(1).double()
-        u_ = (pred | gt).flatten(1).sum(1).double()
-        inter += i_.sum().item()
-        union += u_.sum().item()
-        ious += torch.where(u_ > 0, i_ / u_.clamp_min(1), torch.ones_like(u_)).tolist()
-    s = D.all_reduce_mean([inter, union, sum(ious), len(ious)])
-    return {"ciou": s[0] / max(s[1], 1e-9), "giou": s[2] / max(s[3], 1e-9), "n_expressions": int(round(s[3] * D.world_size()))}
