@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from evf_sam.engine.trainer import train
+    from evf_sam.engine.build import train
 
     train(cfg, config_yaml=OmegaConf.to_yaml(cfg))
 

@@ -132,10 +132,10 @@ def test_embedding_cache_same_losses(tmp_path):
 _INPROC = textwrap.dedent("""
     import json, sys, torch
     from hydra import compose, initialize_config_dir
-    from evf_sam.engine.trainer import Trainer
+    from evf_sam.engine.build import build_trainer
     with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
         cfg = compose("train", overrides=json.loads(sys.argv[2]))
-    t = Trainer(cfg)
+    t = build_trainer(cfg)
     before = {n: p.detach().clone() for n, p in t.module.named_parameters()}
     mode = sys.argv[3]
     try:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from evf_sam.engine.trainer import build_model_and_tokenizer
+from evf_sam.engine.build import build_model_and_tokenizer
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

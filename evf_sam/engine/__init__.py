@@ -1,6 +1,12 @@
 """Training and evaluation engine (DeepSpeed and Hydra are imported lazily, inside the functions).
 
-    evf_sam.engine.trainer          train(cfg), Trainer: DeepSpeed ZeRO-2, checkpoint / resume, logging
+    evf_sam.engine.build            train(cfg), build_trainer, build_model_and_tokenizer: the parts from the config
+    evf_sam.engine.trainer          Trainer: the training loop (DeepSpeed ZeRO-2 steps, validation, export)
+    evf_sam.engine.checkpointing    checkpoint tags, `complete` marker, latest, per-rank RNG, prune, resume
+    evf_sam.engine.run_logging      console / train.log handlers, metrics.jsonl + wandb records
+    evf_sam.engine.deepspeed_config precision and the DeepSpeed config dict
+    evf_sam.engine.validation       validation splits through evaluate
+    evf_sam.engine.state            TrainState, seeding, RNG state
     evf_sam.engine.losses           mask_losses: sigmoid BCE + Dice
     evf_sam.engine.optim            trainable globs, AdamW, LR schedule
     evf_sam.engine.embedding_cache  frozen SAM image-embedding cache
