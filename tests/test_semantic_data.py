@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from evf_sam.data.semantic import (ADE20K_CLASSES, IGNORE_INDEX, ADE20KReader, ClassIoU, MapillaryReader,
-                                   SemanticEvalDataset, SemanticTrainSource, make_tiny_semantic, write_ade20k,
-                                   write_mapillary)
+                                   SemanticEvalDataset, make_tiny_semantic, write_ade20k, write_mapillary)
+from evf_sam.data.train_dataset import SemanticTrainSource
 from evf_sam.tokenizer import (SEMANTIC_PREFIX, SEMANTIC_TOKEN, add_tokens, load_tokenizer, require_semantic_token,
                                tokenize)
 
@@ -184,11 +184,11 @@ def test_train_source_samples_present_classes_with_prefix(hand_ade):
     for i in range(6):
         s = src.sample(np.random.default_rng([0, i]), sam_size=64, beit_size=32)
         # image 2 has no class: always re-drawn to image 1, of which 3 of its 5 classes are taken
-        assert s["image_id"] == src.key(0) and s["original_size"] == (32, 32) and s["input_size"] == (64, 64)
-        assert len(s["sentences"]) == 3 and len(set(s["sentences"])) == 3
-        assert s["sam_image"].shape == (3, 64, 64) and s["beit_image"].shape == (3, 32, 32)
-        assert s["masks"].shape == (3, 64, 64)
-        for sent, m in zip(s["sentences"], s["masks"]):
+        assert s.image_key == src.key(0) and s.original_size == (32, 32) and s.input_size == (64, 64)
+        assert len(s.sentences) == 3 and len(set(s.sentences)) == 3
+        assert s.sam_image.shape == (3, 64, 64) and s.beit_image.shape == (3, 32, 32)
+        assert s.masks.shape == (3, 64, 64)
+        for sent, m in zip(s.sentences, s.masks):
             assert sent.startswith(SEMANTIC_PREFIX)
             name = sent[len(SEMANTIC_PREFIX):]
             assert int(m.sum()) == 4 * count[name]  # nearest x2 into the SAM frame
@@ -219,30 +219,30 @@ def test_mix_rates_and_unchanged_refer_samples(mix_roots, tok_dirs):
     common = dict(tokenizer=tok, sam_size=64, beit_size=32, max_text_len=32, seed=3, with_sam_images=False,
                   exclude_splits=())
     refer = [Source("refcoco", "refcoco", "unc", 1.0)]
-    ade = SemanticTrainSource(ADE20KReader(sem, "training"), name="ade20k", rate=1.0, index=0)
-    vistas = SemanticTrainSource(MapillaryReader(sem, "training"), name="mapillary", rate=2.0, index=1)
+    ade = SemanticTrainSource(ADE20KReader(sem, "training"), name="ade20k", rate=1.0)
+    vistas = SemanticTrainSource(MapillaryReader(sem, "training"), name="mapillary", rate=2.0)
     ds = ReferTrainDataset(syn, refer, semantic_sources=[ade, vistas], **common)
     assert ds.probs.tolist() == [0.25, 0.25, 0.5]
     n = 400
     counts = {"refer": 0, "ade20k": 0, "mapillary": 0}
     for i in range(n):
         s = ds[i]
-        if ade.owns(s["image_id"]):
+        if ade.owns(s.image_key):
             counts["ade20k"] += 1
-            assert all(x.startswith(SEMANTIC_PREFIX) for x in s["sentences"])
-        elif vistas.owns(s["image_id"]):
+            assert all(x.startswith(SEMANTIC_PREFIX) for x in s.sentences)
+        elif vistas.owns(s.image_key):
             counts["mapillary"] += 1
-            assert all(x[len(SEMANTIC_PREFIX):] in vistas.reader.classes for x in s["sentences"])
+            assert all(x[len(SEMANTIC_PREFIX):] in vistas.reader.classes for x in s.sentences)
         else:
             counts["refer"] += 1
-            assert not any(x.startswith(SEMANTIC_PREFIX) for x in s["sentences"])
+            assert not any(x.startswith(SEMANTIC_PREFIX) for x in s.sentences)
     for k, p in (("refer", 0.25), ("ade20k", 0.25), ("mapillary", 0.5)):
         assert abs(counts[k] / n - p) < 0.08, counts
     # collate into one Batch: the [semantic] id is in the token ids
     b = ds.collate([ds[i] for i in range(8)])
     assert b.gt_masks.shape[0] == b.text_ids.shape[0] == b.image_index.shape[0]
     # embedding-cache keys: semantic images are addressable
-    keys = ds.image_ids()
+    keys = ds.image_keys()
     assert ade.key(0) in keys and vistas.key(3) in keys
     assert ds.sam_image(vistas.key(0)).shape == (3, 64, 64)
     # no (or only zero-rate) semantic sources: the REFER samples are exactly the old ones
@@ -251,8 +251,8 @@ def test_mix_rates_and_unchanged_refer_samples(mix_roots, tok_dirs):
                              **common)
     for i in range(5):
         a, z = plain[i], zero[i]
-        assert a["image_id"] == z["image_id"] and a["sentences"] == z["sentences"]
-        assert torch.equal(a["masks"], z["masks"])
+        assert a.image_key == z.image_key and a.sentences == z.sentences
+        assert torch.equal(a.masks, z.masks)
 
 
 # -- evaluation and mIoU -----------------------------------------------------------------------------

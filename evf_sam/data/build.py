@@ -185,7 +185,8 @@ def check_semantic_tokenizer(data, model, tokenizer) -> None:
 def build_train_dataset(data, model, tokenizer, *, seed: int, with_sam_images: bool = True):
     """The training dataset (`ReferTrainDataset` mix or `RandomTrainDataset`) for ``model``'s input sizes,
     preprocessing and encoder tokenisation. ``with_sam_images=False``: the embedding cache supplies SAM's side."""
-    from evf_sam.data.train_dataset import RandomTrainDataset, ReferTrainDataset
+    from evf_sam.data.random_data import RandomTrainDataset
+    from evf_sam.data.train_dataset import ReferTrainDataset
 
     encoder = str(model.config.encoder)
     common = dict(tokenizer=tokenizer, sam_size=model.sam_image_size, beit_size=model.beit_image_size,
@@ -196,14 +197,14 @@ def build_train_dataset(data, model, tokenizer, *, seed: int, with_sam_images: b
     semantic = []
     specs = semantic_specs(data)
     if specs:
-        from evf_sam.data.semantic import SemanticTrainSource
+        from evf_sam.data.train_dataset import SemanticTrainSource
 
         check_semantic_tokenizer(data, model, tokenizer)
         readers = semantic_readers(data, val=False)
-        semantic = [SemanticTrainSource(readers[spec.name], name=spec.name, rate=spec.rate, index=i,
+        semantic = [SemanticTrainSource(readers[spec.name], name=spec.name, rate=spec.rate,
                                         classes_per_image=int(data.get("classes_per_image", 3)),
                                         prefix=semantic_prefix(data), resize_mode=model.resize_mode)
-                    for i, spec in enumerate(specs)]
+                    for spec in specs]
     return ReferTrainDataset(data.root, refer_sources(data), encoder=encoder, semantic_sources=semantic,
                              resize_mode=model.resize_mode, **common)
 
@@ -214,7 +215,7 @@ def build_val_splits(data, model, tokenizer, *, seed: int) -> list[ValidationSpl
     splits = []
     val = data.get("val")
     if val is not None and data.kind == "random":  # held-out random samples (another seed), one expression each
-        from evf_sam.data.train_dataset import RandomEvalDataset
+        from evf_sam.data.random_data import RandomEvalDataset
 
         splits.append(ValidationSplit(RandomEvalDataset(sam_size=model.sam_image_size, beit_size=model.beit_image_size,
                                                         seed=int(seed) + 1, num_images=int(val.get("num_images", 8))),

@@ -301,8 +301,6 @@ class ReferDataset:
             raise ValueError(f"{self.dataset}|{self.split_by}: cannot decode the segmentation of ann_id {ann_id} "
                              f"(image {ann['image_id']}): {e}") from e
 
-    ann_mask = annotation_mask  # short alias (train_dataset.py)
-
 
 # ---------------------------------------------------------------------------------------------
 # Writer

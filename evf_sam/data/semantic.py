@@ -2,7 +2,7 @@
 
     ade = ADE20KReader(root, "training")            # root holds ADEChallengeData2016/ (or ade20k/)
     vistas = MapillaryReader(root, "training")      # root holds mapillary/
-    src = SemanticTrainSource(ade, name="ade20k", rate=1.0)          # mixed into ReferTrainDataset
+    src = SemanticTrainSource(ade, name="ade20k", rate=1.0)          # data.train_dataset: mixed into ReferTrainDataset
     val = SemanticEvalDataset(ADE20KReader(root, "validation"), sam_size=1024, beit_size=224)
     evaluate(model, tok, val)        # cIoU / gIoU / Pr@K as REFER + "miou" over the classes
 
@@ -56,17 +56,13 @@ from torch import Tensor
 from evf_sam.data.eval_dataset import EvalItem, ImageEntriesDataset
 from evf_sam.tokenizer import SEMANTIC_PREFIX
 
-__all__ = ["ADE20KReader", "ADE20K_CLASSES", "ClassIoU", "IGNORE_INDEX", "MapillaryReader", "SEMANTIC_ID_OFFSET",
-           "SEMANTIC_PREFIX", "SemanticEvalDataset", "SemanticEvalItem", "SemanticReader", "SemanticTrainSource",
-           "build_semantic_reader", "make_tiny_semantic", "write_ade20k", "write_mapillary"]
+__all__ = ["ADE20KReader", "ADE20K_CLASSES", "ClassIoU", "IGNORE_INDEX", "MapillaryReader", "SEMANTIC_PREFIX",
+           "SemanticEvalDataset", "SemanticEvalItem", "SemanticReader", "build_semantic_reader", "make_tiny_semantic",
+           "write_ade20k", "write_mapillary"]
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255  # label value that is no class (LISA / EVF-SAM's ignore_label)
-# Batch.image_ids (embedding-cache keys) of semantic images: offset + source * 10^8 + image index
-# (REFER ids are COCO ids, RefCLEF's are offset by 10^9).
-SEMANTIC_ID_OFFSET = 2 * 10**9
-_SOURCE_STRIDE = 10**8
 DATA_README = "data/README.md"
 
 # The 150 ADE20K SceneParsing classes (label value v is ADE20K_CLASSES[v - 1]); the names LISA uses
@@ -250,82 +246,6 @@ def build_semantic_reader(dataset: str, root: str | Path, split: str = "training
     if dataset == "mapillary":
         return MapillaryReader(root, split, **kwargs)
     raise ValueError(f"semantic dataset {dataset!r}: choose ade20k or mapillary")
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-class SemanticTrainSource:
-    """One semantic dataset as a source of the training mix (`ReferTrainDataset(semantic_sources=...)`).
-
-    ``sample(rng, ...)`` draws an image, then up to ``classes_per_image`` of the classes present in it
-    (without replacement); sentences are ``prefix + class name``; masks ``label == class``. The
-    result is the per-sample dict `ReferTrainDataset` produces. Deterministic in ``rng``.
-    """
-
-    def __init__(self, reader: SemanticReader, *, name: str, rate: float, classes_per_image: int = 3,
-                 prefix: str = SEMANTIC_PREFIX, index: int = 0, resize_mode: str = "pad", max_redraws: int = 100):
-        if classes_per_image < 1:
-            raise ValueError(f"classes_per_image={classes_per_image}: must be >= 1")
-        self.reader, self.name, self.rate = reader, name, float(rate)
-        self.k, self.prefix, self.index = int(classes_per_image), prefix, int(index)
-        self.resize_mode, self.max_redraws = resize_mode, int(max_redraws)
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def key(self, i: int) -> int:
-        """Batch.image_ids / embedding-cache key of image ``i``."""
-        return SEMANTIC_ID_OFFSET + self.index * _SOURCE_STRIDE + int(i)
-
-    def owns(self, key: int) -> bool:
-        return 0 <= key - SEMANTIC_ID_OFFSET - self.index * _SOURCE_STRIDE < len(self.reader)
-
-    def image_ids(self) -> list[int]:
-        return [self.key(i) for i in range(len(self.reader))]
-
-    def sam_image(self, key: int, sam_size: int) -> Tensor:
-        from evf_sam.preprocess import sam_preprocess
-
-        i = key - SEMANTIC_ID_OFFSET - self.index * _SOURCE_STRIDE
-        return sam_preprocess(self.reader.read_image(i), sam_size, self.resize_mode)[0]
-
-    def expression(self, class_id: int) -> str:
-        return self.prefix + self.reader.classes[class_id]
-
-    def sample(self, rng: np.random.Generator, *, sam_size: int, beit_size: int,
-               with_sam_images: bool = True) -> dict[str, Any]:
-        from evf_sam.preprocess import (beit3_preprocess, resize_mask_like_sam, sam_preprocess, sam_resized_shape,
-                                        sam_valid_size)
-
-        for _ in range(self.max_redraws):
-            i = int(rng.integers(len(self.reader)))
-            label = self.reader.read_label(i)
-            present = self.reader.present_classes(label)
-            if present:
-                break
-        else:
-            raise ValueError(f"{self.name}: {self.max_redraws} drawn label maps in a row had no class (all ignored); "
-                             f"check {self.reader.labels[0].parent}")
-        take = rng.choice(len(present), size=min(self.k, len(present)), replace=False)
-        class_ids = [present[int(j)] for j in take]
-        image = self.reader.read_image(i)
-        h, w = image.shape[:2]
-        if label.shape != (h, w):
-            raise ValueError(f"{self.reader.labels[i]}: label map is {label.shape[0]}x{label.shape[1]} but its image "
-                             f"{self.reader.images[i]} is {h}x{w}")
-        if with_sam_images:
-            sam, input_size = sam_preprocess(image, sam_size, self.resize_mode)
-        else:
-            sam, input_size = torch.zeros(3, 0, 0), sam_resized_shape(h, w, sam_size)
-        input_size = sam_valid_size(input_size, sam_size, self.resize_mode)  # the loss's region of the frame
-        masks = [torch.from_numpy(resize_mask_like_sam((label == c).astype(np.uint8), sam_size, self.resize_mode)
-                                  .astype(np.float32)) for c in class_ids]
-        return {"sam_image": sam, "beit_image": beit3_preprocess(image, beit_size),
-                "sentences": [self.expression(c) for c in class_ids], "masks": torch.stack(masks),
-                "input_size": tuple(int(x) for x in input_size), "original_size": (h, w), "image_id": self.key(i),
-                "class_ids": class_ids}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
         from evf_sam.engine.embedding_cache import EmbeddingCache
 
         cache = EmbeddingCache.open_or_build(
-            cfg.data.embedding_cache, model, train_dataset.image_ids(), train_dataset.sam_image,
+            cfg.data.embedding_cache, model, train_dataset.image_keys(), train_dataset.sam_image,
             device=dist.device, batch_size=int(cfg.data.get("embedding_cache_batch_size", 8)),
             dtype=str(cfg.data.get("embedding_cache_dtype", "float16")),
             autocast_dtype=dtype if precision != "fp32" else None)

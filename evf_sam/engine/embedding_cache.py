@@ -3,13 +3,17 @@
 The SAM image encoder is frozen and training applies no augmentation to the SAM branch, so its
 output for an image never changes during a run: compute it once, store it, reuse it.
 
-    cache = EmbeddingCache.open_or_build(root, model, image_ids, load_sam_image, device=dev)
-    emb = cache.get(batch.image_ids)            # (B, C, h, w) float32, replaces model.encode_image
+    cache = EmbeddingCache.open_or_build(root, model, dataset.image_keys(), dataset.sam_image, device=dev)
+    emb = cache.get(batch.image_keys)           # (B, C, h, w) float32, replaces model.encode_image
+
+Images are named by any hashable, sortable, JSON-able id: the training data's `data.batch.ImageKey`
+``(source, image id)`` pairs (stored as ``[source, id]``, read back as tuples, which equal them), or
+plain ints.
 
 Layout (one directory per key under ``root``)::
 
     root/<key>/embeddings.npy   np.memmap (.npy header), (num_images, C, h, w), float16 by default
-    root/<key>/index.json       {"key", "image_ids", "shape", "dtype", "meta", "complete": true}
+    root/<key>/index.json       {"key", "image_ids" (row order), "shape", "dtype", "meta", "complete": true}
 
 The key is a hash of the SAM image-encoder weights (names, shapes, dtypes, bytes) and of the
 preprocessing parameters (input size, pixel mean / std, resize rule, storage dtype): changed
@@ -30,7 +34,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +46,9 @@ __all__ = ["EmbeddingCache", "cache_key", "weights_hash"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: image ids are (source, id) pairs; format-1 caches (integer ids with offset ranges per source) get
+# another key, so they are rebuilt beside, never read
+FORMAT_VERSION = 2
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -88,7 +94,7 @@ class EmbeddingCache:
             raise RuntimeError(f"embedding cache {self.path} is not complete")
         self.key: str = index["key"]
         self.meta: dict = index["meta"]
-        self.image_ids: list[int] = [int(i) for i in index["image_ids"]]
+        self.image_ids: list[Hashable] = [_from_json(i) for i in index["image_ids"]]
         self.row = {iid: r for r, iid in enumerate(self.image_ids)}
         self.array = np.load(self.path / "embeddings.npy", mmap_mode="r")  # (M, C, h, w)
         if list(self.array.shape) != [len(self.image_ids), *index["shape"]]:
@@ -98,14 +104,14 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __contains__(self, image_id: int) -> bool:
-        return int(image_id) in self.row
+    def __contains__(self, image_id: Hashable) -> bool:
+        return image_id in self.row
 
-    def get(self, image_ids: Sequence[int], device: torch.device | str = "cpu",
+    def get(self, image_ids: Sequence[Hashable], device: torch.device | str = "cpu",
             dtype: torch.dtype = torch.float32) -> Tensor:
-        """(B,) REFER image ids -> (B, C, h, w) embeddings on ``device`` in ``dtype``."""
+        """(B,) image ids (e.g. `Batch.image_keys`) -> (B, C, h, w) embeddings on ``device`` in ``dtype``."""
         try:
-            rows = [self.row[int(i)] for i in image_ids]
+            rows = [self.row[i] for i in image_ids]
         except KeyError as e:
             raise KeyError(f"image id {e.args[0]} is not in the embedding cache {self.path}") from None
         arr = np.stack([self.array[r] for r in rows])
@@ -114,13 +120,13 @@ class EmbeddingCache:
     # -- building -------------------------------------------------------------------------------
 
     @classmethod
-    def open_or_build(cls, root: str | Path, model: nn.Module, image_ids: Sequence[int],
-                      load_sam_image: Callable[[int], Tensor], *, device: torch.device | str = "cpu",
+    def open_or_build(cls, root: str | Path, model: nn.Module, image_ids: Sequence[Hashable],
+                      load_sam_image: Callable[[Any], Tensor], *, device: torch.device | str = "cpu",
                       batch_size: int = 8, dtype: str = "float16",
                       autocast_dtype: torch.dtype | None = None, preprocess: dict | None = None) -> "EmbeddingCache":
         """Opens ``root/<key>`` if complete and covering ``image_ids``; else builds it (all ranks call this).
 
-        load_sam_image: image id -> (3, S, S) float32 SAM-preprocessed image.
+        load_sam_image: image id -> (3, S, S) float32 SAM-preprocessed image (e.g. ``dataset.sam_image``).
         """
         if dtype not in _DTYPES:
             raise ValueError(f"embedding cache dtype must be one of {list(_DTYPES)}, got {dtype!r}")
@@ -128,7 +134,7 @@ class EmbeddingCache:
         key, meta = cache_key(model, dtype=dtype, preprocess=preprocess) if D.is_main() else (None, None)
         key, meta = D.broadcast_object((key, meta))
         final = root / key
-        wanted = sorted({int(i) for i in image_ids})
+        wanted = sorted(set(image_ids))
         reuse = False
         if D.is_main() and (final / "index.json").is_file():
             try:
@@ -181,8 +187,8 @@ class EmbeddingCache:
         del arr
         D.barrier()
         if D.is_main():
-            index = {"key": key, "image_ids": wanted, "shape": shape, "dtype": dtype, "meta": meta,
-                     "complete": True}
+            index = {"key": key, "image_ids": [_to_json(i) for i in wanted], "shape": shape, "dtype": dtype,
+                     "meta": meta, "complete": True}
             with open(tmp / "index.json", "w") as f:
                 json.dump(index, f)
                 f.flush()
@@ -197,3 +203,13 @@ class EmbeddingCache:
             logger.info("embedding cache: wrote %s", final)
         D.barrier()
         return cls(final)
+
+
+def _to_json(image_id: Hashable) -> Any:
+    """An image id as JSON: tuples (ImageKey) as lists, ints / strings as they are."""
+    return list(image_id) if isinstance(image_id, tuple) else image_id
+
+
+def _from_json(value: Any) -> Hashable:
+    """Inverse of `_to_json`: lists back to tuples (equal to the ImageKey they were)."""
+    return tuple(value) if isinstance(value, list) else value

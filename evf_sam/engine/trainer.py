@@ -109,7 +109,7 @@ class Trainer:
         batch = batch.to(self.device, dtype=self.dtype)
         embeddings = None
         if self.embedding_cache is not None:
-            embeddings = self.embedding_cache.get(batch.image_ids, device=self.device, dtype=self.dtype)
+            embeddings = self.embedding_cache.get(batch.image_keys, device=self.device, dtype=self.dtype)
         low_res, _ = self.engine(None if embeddings is not None else batch.sam_images, batch.beit_images,
                                  batch.text_ids, batch.text_padding_mask, batch.image_index,
                                  image_embeddings=embeddings)
