@@ -17,6 +17,11 @@ Definitions (official EVF-SAM / LISA evaluation):
       in integers, e.g. an exact half overlap on a small mask). The U == 0 expressions have IoU 1
       and count as hits.
 
+`ClassIoU` (semantic-segmentation splits, paper Tab. 6): per class c, IoU_c = ΣI / ΣU over the
+expressions of class c in the split; mIoU is the mean over the classes that occur. Only classes
+present in an image are queried (a text-prompted model is not asked for absent classes), so false
+positives of absent classes do not count.
+
 All state is int64 sums: I and U are pixel counts, and the per-expression IoUs are summed in fixed
 point (units of 2^-32, error < 1e-9 per expression), so the sums are exact and associative: results
 do not depend on the number of ranks, the batching or the order. `all_reduce` sums the state over
@@ -25,13 +30,13 @@ ranks when torch.distributed is initialised (each rank must have seen disjoint e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PR_THRESHOLDS", "RefMetrics", "intersection_union"]
+__all__ = ["PR_THRESHOLDS", "ClassIoU", "RefMetrics", "intersection_union"]
 
 PR_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 _IOU_SCALE = 2 ** 32  # fixed-point unit of the IoU sum
@@ -142,3 +147,45 @@ class RefMetrics:
         out["n_expressions"] = n
         out["n_images"] = self.n_images
         return out
+
+
+class ClassIoU:
+    """Per-class ΣI / ΣU over a split (int64 sums: exact, any rank count / order); mIoU over the
+    classes with ΣU > 0 (every queried class has a non-empty ground truth, so: the classes that occur)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+        self.sums = torch.zeros(2, self.num_classes, dtype=torch.int64)  # [I; U] per class
+
+    def update(self, class_ids: Sequence[int], inter: Tensor, union: Tensor) -> None:
+        """One expression per entry: its class, I and U (pixel counts)."""
+        c = torch.as_tensor(list(class_ids), dtype=torch.long)
+        i = torch.as_tensor(inter).flatten().cpu().to(torch.int64)
+        u = torch.as_tensor(union).flatten().cpu().to(torch.int64)
+        if not (c.numel() == i.numel() == u.numel()):
+            raise ValueError(f"{c.numel()} class ids for {i.numel()} I and {u.numel()} U values")
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
+            raise ValueError(f"class ids must be in [0, {self.num_classes}), got {c.tolist()}")
+        self.sums[0].index_add_(0, c, i)
+        self.sums[1].index_add_(0, c, u)
+
+    def all_reduce(self, device: torch.device | str | None = None) -> "ClassIoU":
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        s = self.sums.to(device)
+        dist.all_reduce(s)
+        self.sums = s.cpu()
+        return self
+
+    def per_class(self) -> dict[int, float]:
+        """{class index: IoU} for the classes that occur."""
+        inter, union = self.sums
+        return {int(c): int(inter[c]) / int(union[c]) for c in torch.nonzero(union > 0).flatten().tolist()}
+
+    def compute(self) -> dict[str, Any]:
+        ious = self.per_class()
+        return {"miou": sum(ious.values()) / len(ious) if ious else 0.0, "n_classes": len(ious)}

@@ -178,7 +178,9 @@ def test_eval_script_torchrun_matches_single_process(env):
 def test_eval_script_ade20k_semantic_split(env):
     """scripts/eval_refcoco.py on ade20k|semantic|val (paper Tab. 6) writes cIoU / gIoU / mIoU that equal the
     in-process evaluation of the same dataset; a tokenizer without [semantic] gets bare class names."""
-    from evf_sam.data.semantic import SemanticEvalDataset, build_semantic_reader, make_tiny_semantic
+    from evf_sam.data.eval_dataset import SemanticEvalDataset
+    from evf_sam.data.semantic import build_semantic_reader
+    from evf_sam.data.synthetic_semantic import make_tiny_semantic
 
     sem_root = env["tmp"] / "sem"
     make_tiny_semantic(sem_root, num_train=1, num_val=3, size=40)

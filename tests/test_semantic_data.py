@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from evf_sam.data.semantic import (ADE20K_CLASSES, IGNORE_INDEX, ADE20KReader, ClassIoU, MapillaryReader,
-                                   SemanticEvalDataset, make_tiny_semantic, write_ade20k, write_mapillary)
+from evf_sam.data.eval_dataset import SemanticEvalDataset
+from evf_sam.data.semantic import ADE20K_CLASSES, IGNORE_INDEX, ADE20KReader, MapillaryReader
+from evf_sam.data.synthetic_semantic import make_tiny_semantic, write_ade20k, write_mapillary
 from evf_sam.data.train_dataset import SemanticTrainSource
+from evf_sam.metrics import ClassIoU
 from evf_sam.tokenizer import (SEMANTIC_PREFIX, SEMANTIC_TOKEN, add_tokens, load_tokenizer, require_semantic_token,
                                tokenize)
 

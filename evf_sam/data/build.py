@@ -230,7 +230,7 @@ def build_val_splits(data, model, tokenizer, *, seed: int) -> list[ValidationSpl
             batch_size=int(val.get("batch_size", 4))))
     vs = data.get("val_semantic") if data.kind == "refer" else None
     if vs is not None:
-        from evf_sam.data.semantic import SemanticEvalDataset
+        from evf_sam.data.eval_dataset import SemanticEvalDataset
 
         check_semantic_tokenizer(data, model, tokenizer)
         splits.append(ValidationSplit(

@@ -1,18 +1,26 @@
-"""Evaluation dataset: one item per image with every expression of its refs in a REFER split.
+"""Evaluation datasets: one item per image with every expression of the split on it.
 
     ds = build_eval_dataset(root, "refcoco", "unc", "val", sam_size=1024, beit_size=224)
     item = ds[0]      # EvalItem: sam_image (3, S, S), beit_image (3, 224, 224), sentences [N],
                       # gt_masks (N, H, W) bool at the original size, ref_ids / sent_ids [N], sizes
     shard = ds.shard(rank, world_size)   # images rank, rank + W, ... (no padding, no duplicates)
+    ade = SemanticEvalDataset(ADE20KReader(root, "validation"), sam_size=1024, beit_size=224)
+    # SemanticEvalItem: + class_ids [N], ignore_mask (H, W); evaluate() then also reports "miou"
 
-Sentences are lower-cased and stripped (the official evaluation); empty ones are dropped. Images
-are ordered by id; ``max_images`` keeps the first ``max_images`` of that order (before sharding,
-so every world size evaluates the same images).
+REFER (`ReferEvalDataset`): sentences are lower-cased and stripped (the official evaluation); empty
+ones are dropped. Images are ordered by id; ``max_images`` keeps the first ``max_images`` of that
+order (before sharding, so every world size evaluates the same images).
+
+Semantic (`SemanticEvalDataset`, paper Tab. 6): one item per image, one expression per class present
+(``prefix + class name``), its ``label == class`` mask; unlabeled pixels are left out of I and U by
+default (how this relates to EVF-SAM's ValDataset: `evf_sam.data.semantic`).
+
+`data.random_data.RandomEvalDataset` (``data.kind=random`` validation) yields the same items.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -22,8 +30,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from evf_sam.data.refer import ReferDataset
+from evf_sam.data.semantic import IGNORE_INDEX, SPLIT_SHORT, SemanticReader
+from evf_sam.tokenizer import SEMANTIC_PREFIX
 
-__all__ = ["EvalItem", "ImageEntriesDataset", "ReferEvalDataset", "build_eval_dataset"]
+__all__ = ["EvalItem", "ImageEntriesDataset", "ReferEvalDataset", "SemanticEvalDataset", "SemanticEvalItem",
+           "build_eval_dataset"]
 
 
 @dataclass
@@ -125,6 +136,72 @@ class ReferEvalDataset(ImageEntriesDataset):
                         input_size=(int(input_size[0]), int(input_size[1])), original_size=(h, w),
                         sentences=[t for *_, t in exprs], gt_masks=gt, ref_ids=[r for r, *_ in exprs],
                         sent_ids=[s for _, _, s, _ in exprs])
+
+
+@dataclass
+class SemanticEvalItem(EvalItem):
+    class_ids: list[int] = field(default_factory=list)  # (N,) class index of each expression
+    ignore_mask: Tensor | None = None  # (H, W) bool: unlabeled pixels, left out of I and U (None: none)
+
+
+class SemanticEvalDataset(ImageEntriesDataset):
+    """One item per image, one expression per class present (``prefix + name``), gt = ``label == class``.
+
+    The `ReferEvalDataset` interface `evaluate` uses (``name``, ``subset``, ``shard``, items), plus
+    ``num_classes`` / ``class_names``: `evaluate` then also reports ``miou`` (`ClassIoU`). Images with
+    no labelled class are skipped; the label maps are scanned once here (the first ``max_images``
+    images that have a class).
+    """
+
+    def __init__(self, reader: SemanticReader, *, sam_size: int = 1024, beit_size: int = 224,
+                 max_images: int | None = None, prefix: str = SEMANTIC_PREFIX, ignore_unlabeled: bool = True,
+                 resize_mode: str = "pad"):
+        self.reader = reader
+        self.sam_size, self.beit_size, self.prefix = int(sam_size), int(beit_size), prefix
+        self.ignore_unlabeled, self.resize_mode = bool(ignore_unlabeled), resize_mode
+        self.entries: list[tuple[int, list[int]]] = []  # (image index, present class ids)
+        for i in range(len(reader)):
+            if max_images is not None and len(self.entries) >= int(max_images):
+                break
+            present = reader.present_classes(reader.read_label(i))
+            if present:
+                self.entries.append((i, present))
+
+    @property
+    def name(self) -> str:
+        return f"{self.reader.name}|semantic|{SPLIT_SHORT.get(self.reader.split, self.reader.split)}"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.reader.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.reader.classes
+
+    def __repr__(self) -> str:
+        return f"SemanticEvalDataset({self.name}: {len(self)} images, {self.num_expressions} expressions)"
+
+    def __getitem__(self, index: int) -> SemanticEvalItem:
+        from evf_sam.preprocess import beit3_preprocess, sam_preprocess
+
+        i, class_ids = self.entries[index]
+        image = self.reader.read_image(i)
+        label = self.reader.read_label(i)
+        h, w = image.shape[:2]
+        if label.shape != (h, w):
+            raise ValueError(f"{self.reader.labels[i]}: label map is {label.shape[0]}x{label.shape[1]} but its image "
+                             f"{self.reader.images[i]} is {h}x{w}")
+        sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode)
+        lab = torch.from_numpy(label)
+        gt = torch.stack([lab == c for c in class_ids])  # (N, H, W) bool
+        return SemanticEvalItem(
+            image_id=int(i), image_path=str(self.reader.images[i]), sam_image=sam,
+            beit_image=beit3_preprocess(image, self.beit_size),
+            input_size=(int(input_size[0]), int(input_size[1])), original_size=(h, w),
+            sentences=[self.prefix + self.reader.classes[c] for c in class_ids], gt_masks=gt,
+            ref_ids=list(class_ids), sent_ids=list(class_ids), class_ids=list(class_ids),
+            ignore_mask=(lab == IGNORE_INDEX) if self.ignore_unlabeled else None)
 
 
 def build_eval_dataset(root: str | Path, dataset: str, split_by: str, split: str, *, sam_size: int = 1024,

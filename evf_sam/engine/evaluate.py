@@ -9,7 +9,7 @@ Per image: one ``encode_image``; all its expressions go through ``encode_prompts
 evaluation. Under torch.distributed rank r evaluates images r, r + W, ... and the integer metric
 sums are all-reduced, so the numbers are identical for every world size (with batch_size=1).
 
-Semantic-segmentation splits (`evf_sam.data.semantic.SemanticEvalDataset`, paper Tab. 6) give items
+Semantic-segmentation splits (`evf_sam.data.eval_dataset.SemanticEvalDataset`, paper Tab. 6) give items
 with a class id per expression (and optionally an ignore mask, left out of I and U): the result then
 also has ``miou`` (per-class ΣI/ΣU, mean over the classes that occur) and ``n_classes``.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from evf_sam.atomic import atomic_write_text
-from evf_sam.metrics import RefMetrics
+from evf_sam.metrics import ClassIoU, RefMetrics
 
 __all__ = ["METRIC_KEYS", "evaluate", "format_paper_table", "run_eval_from_config", "write_results"]
 
@@ -90,8 +90,6 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     metrics = RefMetrics()
     class_iou = None
     if getattr(dataset, "num_classes", None):  # semantic-segmentation split: + mIoU over its classes
-        from evf_sam.data.semantic import ClassIoU
-
         class_iou = ClassIoU(dataset.num_classes)
     loader = torch.utils.data.DataLoader(shard, batch_size=max(1, int(batch_size)), shuffle=False,
                                          num_workers=int(num_workers), collate_fn=list)
@@ -228,7 +226,8 @@ def _semantic_eval_dataset(cfg, model, tokenizer, dataset: str, split: str):
     """`SemanticEvalDataset` under ``data.semantic_root`` (default ``data.root``). Expressions are
     ``semantic_prefix + class name``; ``semantic_prefix: auto`` uses ``"[semantic] "`` when the
     tokenizer has that token (the multitask release) and the bare class name otherwise."""
-    from evf_sam.data.semantic import SemanticEvalDataset, build_semantic_reader
+    from evf_sam.data.eval_dataset import SemanticEvalDataset
+    from evf_sam.data.semantic import build_semantic_reader
     from evf_sam.tokenizer import SEMANTIC_PREFIX, semantic_token_id
 
     root = cfg.data.get("semantic_root") or cfg.data.root
