@@ -19,6 +19,8 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+import evf_sam.config  # noqa: E402,F401  (registers the config schemas: a wrong key or type fails at composition)
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:

@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+import evf_sam.config  # noqa: F401  (registers the schemas configs/*.yaml extend, for tests that compose them)
+
 # Tests run on 2 CPU cores next to other processes: keep intra-op threads small and results
 # deterministic.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

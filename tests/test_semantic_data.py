@@ -340,6 +340,7 @@ def _compose(*overrides):
 
 
 def test_trainer_checks_tokenizer_and_semantic_root(mix_roots, tok_dirs, tmp_path):
+    from evf_sam.config import typed
     from evf_sam.data.build import build_train_dataset, prepare_data
     from evf_sam.testing import build_tiny_model
 
@@ -347,16 +348,17 @@ def test_trainer_checks_tokenizer_and_semantic_root(mix_roots, tok_dirs, tmp_pat
     base = ["model=tiny", "data=refer_mix_semantic", f"data.root={syn}", "data.sources.refclef.rate=0",
             "data.num_workers=0"]
     with pytest.raises(FileNotFoundError, match="ADEChallengeData2016"):
-        prepare_data(_compose(*base, f"data.semantic_root={tmp_path / 'none'}").data)
+        prepare_data(typed(_compose(*base, f"data.semantic_root={tmp_path / 'none'}").data))
     cfg = _compose(*base, f"data.semantic_root={sem}")
-    assert prepare_data(cfg.data)["kind"] == "refer"
+    data = typed(cfg.data)
+    assert prepare_data(data)["kind"] == "refer"
     plain = load_tokenizer(tok_dirs[0])
     with pytest.raises(ValueError, match="no '\\[semantic\\]' token"):
-        build_train_dataset(cfg.data, build_tiny_model(vocab_size=len(plain)), plain, seed=cfg.seed)
+        build_train_dataset(data, build_tiny_model(vocab_size=len(plain)), plain, seed=cfg.seed)
     tok = load_tokenizer(tok_dirs[1])
     with pytest.raises(ValueError, match="text embedding has only"):
-        build_train_dataset(cfg.data, build_tiny_model(vocab_size=len(plain)), tok, seed=cfg.seed)
-    ds = build_train_dataset(cfg.data, build_tiny_model(vocab_size=len(tok)), tok, seed=cfg.seed)
+        build_train_dataset(data, build_tiny_model(vocab_size=len(plain)), tok, seed=cfg.seed)
+    ds = build_train_dataset(data, build_tiny_model(vocab_size=len(tok)), tok, seed=cfg.seed)
     assert [s.name for s in ds.semantic] == ["ade20k", "mapillary"] and ds.probs.tolist() == [0.2] * 5
 
 
@@ -391,14 +393,16 @@ def test_train_on_refer_plus_semantic_writes_ade20k_miou(mix_roots, tmp_path):
 
 
 def test_table6_rows_compose():
+    from evf_sam.config import typed
     from evf_sam.data.build import semantic_specs, uses_semantic_token, val_semantic_prefix
 
     rows = {"res": [], "res_ade20k": ["ade20k"], "res_ade20k_mapillary": ["ade20k", "mapillary"]}
     for row, names in rows.items():
         cfg = _compose("+experiment=table6", f"extra_data={row}", "data.root=/data")
         assert cfg.paper_table == "table6" and cfg.run_dir == f"runs/table6/{row}" and cfg.extra_data.name == row
-        assert [s.name for s in semantic_specs(cfg.data)] == names
+        data = typed(cfg.data)
+        assert [s.name for s in semantic_specs(data)] == names
         assert cfg.data.semantic_root == "/data" and cfg.data.val_semantic.dataset == "ade20k"
-        assert val_semantic_prefix(cfg.data) == ("[semantic] " if names else "")  # RES only: bare class names
-        assert uses_semantic_token(cfg.data) == bool(names)
+        assert val_semantic_prefix(data) == ("[semantic] " if names else "")  # RES only: bare class names
+        assert uses_semantic_token(data) == bool(names)
         assert [s.rate for s in cfg.data.sources.values()] == [1.0] * 4  # the REFER mix is the same in every row

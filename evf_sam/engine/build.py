@@ -2,23 +2,26 @@
 
     results = train(cfg)                      # scripts/train.py (every rank): build_trainer(cfg).fit()
     trainer = build_trainer(cfg)              # the built parts, not yet trained
-    model, tokenizer, tokenizer_dir = build_model_and_tokenizer(cfg, run_dir)
+    model, tokenizer, tokenizer_dir = build_model_and_tokenizer(typed(cfg.model), run_dir)
 
-Order (each step fails before the next, costlier one starts): process group and run directory ->
-data files (checked or generated) -> config.yaml / config_resolved.yaml -> seed -> tokenizer and model
--> trainable globs -> datasets, validation splits, embedding cache -> optimizer, LR schedule, DeepSpeed.
+``cfg`` is the composed Hydra config (configs/train.yaml); every group is turned into its typed schema
+object (`evf_sam.config.typed`) first, and the builders read those. Order (each step fails before the
+next, costlier one starts): typed config -> process group and run directory -> data files (checked or
+generated) -> config.yaml / config_resolved.yaml -> seed -> tokenizer and model -> trainable globs ->
+datasets, validation splits, embedding cache -> optimizer, LR schedule, DeepSpeed.
 """
 
 from __future__ import annotations
 
 import logging
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from evf_sam.atomic import atomic_write_text
-from evf_sam.config import resolved
+from evf_sam.config import MODEL_BUILD_KEYS, ModelConfig, RunConfig, resolved, typed
 from evf_sam.data.batch import text_length
 from evf_sam.engine import distributed as D
 from evf_sam.engine.checkpointing import Checkpointer
@@ -41,67 +44,85 @@ def train(cfg, *, config_yaml: str | None = None) -> dict[str, Any]:
     return build_trainer(cfg, config_yaml=config_yaml).fit()
 
 
-def build_model_and_tokenizer(cfg, run_dir: Path):
-    """(EvfSam, tokenizer, tokenizer_dir) from ``cfg.model``; a tiny tokenizer is trained for model=tiny."""
-    from evf_sam.data.build import tokenizer_corpus, uses_semantic_token
+def build_model_and_tokenizer(model: ModelConfig, run_dir: Path, *, tokenizer_sentences: Sequence[str] = (),
+                              semantic_token: bool = False):
+    """(EvfSam, tokenizer, tokenizer_dir) from the ``model`` group.
+
+    Without ``model.tokenizer`` and with ``model.make_tiny_tokenizer`` a sentencepiece tokenizer of
+    ``model.tiny_vocab_size`` pieces is trained into ``run_dir/tokenizer`` (rank 0, once) on
+    `testing.TINY_SENTENCES` + ``tokenizer_sentences``; ``semantic_token`` adds ``[semantic]`` to it.
+    """
     from evf_sam.models.encoders import load_encoder_tokenizer
     from evf_sam.models.evf_sam import EvfSam
 
-    mc = cfg.model
-    tok_dir = mc.get("tokenizer")
+    tok_dir = model.tokenizer
     if tok_dir is None:
-        if not mc.get("make_tiny_tokenizer", False):
+        if not model.make_tiny_tokenizer:
             raise ValueError("model.tokenizer is not set: point it at a directory with BEiT-3's sentencepiece.bpe.model "
                              "(e.g. the official evf-sam checkpoint directory)")
-        tok_dir = run_dir / "tokenizer"
+        tok_dir = Path(run_dir) / "tokenizer"
         if D.is_main() and not (tok_dir / "sentencepiece.bpe.model").is_file():
             from evf_sam.testing import TINY_SENTENCES
             from evf_sam.tokenizer import train_sentencepiece
 
-            sentences = list(TINY_SENTENCES) + tokenizer_corpus(cfg.data)
-            train_sentencepiece(sentences, tok_dir, int(mc.get("tiny_vocab_size", 128)))
-            if uses_semantic_token(cfg.data):  # the multitask release's added token, next free id
+            train_sentencepiece([*TINY_SENTENCES, *tokenizer_sentences], tok_dir, model.tiny_vocab_size)
+            if semantic_token:  # the multitask release's added token, next free id
                 from evf_sam.tokenizer import SEMANTIC_TOKEN, add_tokens
 
                 add_tokens(tok_dir, [SEMANTIC_TOKEN])
         D.barrier()
-    tokenizer = load_encoder_tokenizer(str(mc.encoder), tok_dir)
-    if mc.get("init_from"):
-        model = EvfSam.from_pretrained(mc.init_from)
-        model.sam.image_encoder.requires_grad_(False)
+    tokenizer = load_encoder_tokenizer(model.encoder, tok_dir)
+    if model.init_from:
+        evf_sam = EvfSam.from_pretrained(model.init_from)
+        evf_sam.sam.image_encoder.requires_grad_(False)
     else:
-        model = _build_model(mc, tokenizer)
-    if mc.get("grad_checkpointing", False):
-        if not hasattr(model.encoder, "set_grad_checkpointing"):
-            raise ValueError(f"model.grad_checkpointing=true is not supported by encoder {mc.encoder!r} (BEiT-3 only)")
-        model.encoder.set_grad_checkpointing(True)
-    return model, tokenizer, Path(tok_dir)
+        evf_sam = _build_model(model, tokenizer)
+    if model.grad_checkpointing:
+        if not hasattr(evf_sam.encoder, "set_grad_checkpointing"):
+            raise ValueError(f"model.grad_checkpointing=true is not supported by encoder {model.encoder!r} (BEiT-3 only)")
+        evf_sam.encoder.set_grad_checkpointing(True)
+    return evf_sam, tokenizer, Path(tok_dir)
 
 
-def _build_model(mc, tokenizer):
-    """A fresh EvfSam from ``cfg.model`` (SAM / BEiT-3 initialised from their .pth files if given)."""
-    from evf_sam.models.evf_sam import EvfSamConfig, build_evf_sam
+def evf_sam_config(model: ModelConfig, *, vocab_size: int | None = None):
+    """The `EvfSamConfig` of the ``model`` group: its keys named like EvfSamConfig's fields, passed by name.
 
-    overrides = dict(resolved(mc.get("encoder_overrides")) or {})
-    if mc.get("make_tiny_tokenizer", False) and mc.get("tokenizer") is None:
-        overrides.setdefault("vocab_size", len(tokenizer))
-    config = EvfSamConfig(sam_variant=str(mc.sam_variant), encoder=str(mc.encoder), encoder_overrides=overrides,
-                          fusion=str(mc.get("fusion") or "early"), feature=mc.get("feature"),
-                          fused_layers=mc.get("fused_layers"), encoder_path=mc.get("encoder_path"),
-                          multimask_output=bool(mc.get("multimask_output", False)),
-                          sam_stability_fallback=mc.get("sam_stability_fallback"))
-    return build_evf_sam(config, sam_checkpoint=mc.get("sam_checkpoint"),
-                         encoder_checkpoint=mc.get("encoder_checkpoint"))
+    vocab_size: the text embedding rows of a tiny tokenizer (``encoder_overrides.vocab_size`` unless set).
+    """
+    from evf_sam.models.evf_sam import EvfSamConfig
+
+    architecture = {f.name for f in dataclasses.fields(EvfSamConfig)}
+    values = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    stray = sorted(k for k in values if k not in architecture and k not in MODEL_BUILD_KEYS)
+    if stray:  # e.g. an EvfSamConfig field renamed without its config key
+        raise ValueError(f"model.{stray[0]} is neither an EvfSamConfig field nor a build key {MODEL_BUILD_KEYS}")
+    kwargs = {k: v for k, v in values.items() if k in architecture}
+    kwargs["encoder_overrides"] = dict(kwargs["encoder_overrides"])
+    if vocab_size is not None:
+        kwargs["encoder_overrides"].setdefault("vocab_size", int(vocab_size))
+    return EvfSamConfig(**kwargs)
+
+
+def _build_model(model: ModelConfig, tokenizer):
+    """A fresh EvfSam (SAM / BEiT-3 initialised from their .pth files if given)."""
+    from evf_sam.models.evf_sam import build_evf_sam
+
+    tiny_vocab = len(tokenizer) if model.make_tiny_tokenizer and model.tokenizer is None else None
+    return build_evf_sam(evf_sam_config(model, vocab_size=tiny_vocab), sam_checkpoint=model.sam_checkpoint,
+                         encoder_checkpoint=model.encoder_checkpoint)
 
 
 def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
     """Every part of the run, built from ``cfg`` in order (all ranks call this)."""
     from omegaconf import OmegaConf
 
-    from evf_sam.data.build import build_train_dataset, build_val_splits, prepare_data
+    from evf_sam.data.build import (build_train_dataset, build_val_splits, prepare_data, tokenizer_corpus,
+                                    uses_semantic_token)
 
-    trainer_cfg = cfg.trainer
-    run_dir = Path(cfg.run_dir).absolute()
+    run = typed(cfg, RunConfig)
+    model_cfg, data, trainable = typed(cfg.model), typed(cfg.data), typed(cfg.trainable)
+    optim, ds, trainer_cfg, logger_cfg = typed(cfg.optim), typed(cfg.deepspeed), typed(cfg.trainer), typed(cfg.logger)
+    run_dir = Path(run.run_dir).absolute()
     dist = D.init_distributed(trainer_cfg.device)
     if dist.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +134,7 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
     dtype = _DTYPES[precision]
 
     # 1. data files first: fail before any model is built
-    prepare_data(cfg.data)
+    prepare_data(data)
     if dist.rank == 0:
         atomic_write_text(run_dir / "config.yaml", config_yaml or OmegaConf.to_yaml(cfg))
         atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -121,59 +142,56 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
                 dist.device, dist.backend, precision)
 
     # 2. tokenizer + model
-    seed_everything(int(cfg.seed))
-    model, tokenizer, tokenizer_dir = build_model_and_tokenizer(cfg, run_dir)
-    trained = apply_trainable(model, list(cfg.trainable.params))
+    seed_everything(run.seed)
+    model, tokenizer, tokenizer_dir = build_model_and_tokenizer(
+        model_cfg, run_dir, tokenizer_sentences=tokenizer_corpus(data), semantic_token=uses_semantic_token(data))
+    trained = apply_trainable(model, trainable.params)
     if sam_family(model.config.sam_variant) == "sam2" and model.config.sam_stability_fallback is None \
             and any(n.startswith("sam.sam_mask_decoder.") for n in trained):
         model.set_sam_stability_fallback(False)
         logger.info("SAM-2 mask decoder trains: its eval-mode stability fallback (which would swap in the "
                     "unsupervised multimask outputs) is off; the exported config.json records it")
-    logger.info("parameters (trainable globs %s):\n%s", list(cfg.trainable.params), format_param_table(model))
+    logger.info("parameters (trainable globs %s):\n%s", trainable.params, format_param_table(model))
     model.to(dist.device)
 
     # 3. data
-    use_cache = bool(cfg.data.get("embedding_cache"))
+    use_cache = bool(data.embedding_cache)
     if use_cache and sam_family(model.config.sam_variant) == "sam2":
         raise ValueError(f"data.embedding_cache is set, but SAM {model.config.sam_variant!r} gives "
                          f"multi-scale image features that the cache does not store; set data.embedding_cache=null")
-    train_dataset = build_train_dataset(cfg.data, model, tokenizer, seed=int(cfg.seed), with_sam_images=not use_cache)
+    train_dataset = build_train_dataset(data, model, tokenizer, seed=run.seed, with_sam_images=not use_cache)
     if hasattr(train_dataset, "summary"):
         logger.info(train_dataset.summary())
     val_splits = []
-    if int(trainer_cfg.val_every) > 0 or trainer_cfg.val_at_end:
-        val_splits = build_val_splits(cfg.data, model, tokenizer, seed=int(cfg.seed))
+    if trainer_cfg.val_every > 0 or trainer_cfg.val_at_end:
+        val_splits = build_val_splits(data, model, tokenizer, seed=run.seed)
     cache = None
     if use_cache:
         from evf_sam.engine.embedding_cache import EmbeddingCache
 
         cache = EmbeddingCache.open_or_build(
-            cfg.data.embedding_cache, model, train_dataset.image_keys(), train_dataset.sam_image,
-            device=dist.device, batch_size=int(cfg.data.get("embedding_cache_batch_size", 8)),
-            dtype=str(cfg.data.get("embedding_cache_dtype", "float16")),
+            data.embedding_cache, model, train_dataset.image_keys(), train_dataset.sam_image,
+            device=dist.device, batch_size=data.embedding_cache_batch_size, dtype=data.embedding_cache_dtype,
             autocast_dtype=dtype if precision != "fp32" else None)
 
     # 4. optimizer, schedule, DeepSpeed
     import deepspeed
 
-    optim_cfg = cfg.optim
-    optimizer = build_optimizer(model, lr=float(optim_cfg.lr), weight_decay=float(optim_cfg.weight_decay),
-                                betas=tuple(optim_cfg.betas), eps=float(optim_cfg.eps))
-    scheduler = build_scheduler(optimizer, total_steps=int(trainer_cfg.total_steps),
-                                warmup_steps=int(optim_cfg.warmup_steps), schedule=str(optim_cfg.schedule),
-                                min_lr_ratio=float(optim_cfg.min_lr_ratio))
-    ds_config = build_deepspeed_config(OmegaConf.to_container(cfg.deepspeed, resolve=True),
-                                       micro_batch_size=int(trainer_cfg.micro_batch_size),
-                                       grad_accum=int(trainer_cfg.grad_accum), precision=precision)
+    optimizer = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas),
+                                eps=optim.eps)
+    scheduler = build_scheduler(optimizer, total_steps=trainer_cfg.total_steps, warmup_steps=optim.warmup_steps,
+                                schedule=optim.schedule, min_lr_ratio=optim.min_lr_ratio)
+    ds_config = build_deepspeed_config(ds, micro_batch_size=trainer_cfg.micro_batch_size,
+                                       grad_accum=trainer_cfg.grad_accum, precision=precision)
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=ds_config, dist_init_required=False)
     run_config = resolved(cfg)
     return Trainer(
         trainer_cfg, engine=engine, scheduler=scheduler, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
-        train_dataset=train_dataset, num_workers=int(cfg.data.num_workers), val_splits=val_splits,
-        embedding_cache=cache, max_text_len=text_length(cfg.data.get("max_text_len"), model.max_text_len),
+        train_dataset=train_dataset, num_workers=data.num_workers, val_splits=val_splits,
+        embedding_cache=cache, max_text_len=text_length(data.max_text_len, model.max_text_len),
         run_dir=run_dir, dist=dist, dtype=dtype,
         checkpointer=Checkpointer(run_dir / "checkpoints", rank=dist.rank, world_size=dist.world_size,
-                                  keep_last=int(trainer_cfg.keep_last)),
-        run_logger=RunLogger(run_dir, rank=dist.rank, logger=cfg.logger, run_name=cfg.name, config=run_config),
-        resume=str(cfg.resume), seed=int(cfg.seed), run_config=run_config)
+                                  keep_last=trainer_cfg.keep_last),
+        run_logger=RunLogger(run_dir, rank=dist.rank, logger=logger_cfg, run_name=run.name, config=run_config),
+        resume=run.resume, seed=run.seed, run_config=run_config)

@@ -87,16 +87,16 @@ class Checkpointer:
         for p in done[:-self.keep_last]:
             shutil.rmtree(p, ignore_errors=True)
 
-    def resume(self, engine, resume: str, *, seed: int) -> tuple[TrainState, Path] | None:
+    def resume(self, engine, resume: str | None, *, seed: int) -> tuple[TrainState, Path] | None:
         """Loads model, optimizer, LR schedule, `TrainState` and this rank's RNG.
 
-        resume: "auto" (newest complete tag; None when there is none), "none" (None), or a tag dir.
+        resume: "auto" (newest complete tag; None when there is none), "none" / None (None), or a tag dir.
         Without an RNG file for this rank at this world size the RNGs are reseeded from
         ``(seed, step, rank)``.
         """
-        resume = str(resume)
-        if resume in ("none", "None", "false", "False"):
+        if resume is None or str(resume) in ("none", "None", "false", "False"):
             return None
+        resume = str(resume)
         path = find_latest_checkpoint(self.ckpt_dir) if resume == "auto" else Path(resume)
         path = D.broadcast_object(str(path) if path else None)
         if path is None:

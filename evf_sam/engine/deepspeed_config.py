@@ -1,15 +1,15 @@
 """The DeepSpeed config dict of a run, from the ``deepspeed`` group and the trainer's batch / precision.
 
     precision = resolve_precision("auto", device)             # "bf16" on CUDA with bf16, else "fp32"
-    ds = build_deepspeed_config(cfg.deepspeed, micro_batch_size=16, grad_accum=2, precision=precision)
+    ds = build_deepspeed_config(typed(cfg.deepspeed), micro_batch_size=16, grad_accum=2, precision=precision)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds)
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import torch
+
+from evf_sam.config import DeepSpeedConfig
 
 __all__ = ["build_deepspeed_config", "resolve_precision"]
 
@@ -25,22 +25,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def build_deepspeed_config(ds: Mapping[str, Any], *, micro_batch_size: int, grad_accum: int,
-                           precision: str) -> dict:
+def build_deepspeed_config(ds: DeepSpeedConfig, *, micro_batch_size: int, grad_accum: int, precision: str) -> dict:
     """ZeRO settings, clipping and ``extra`` (merged in verbatim) from the ``deepspeed`` group; batch
     and precision from the trainer."""
     zero = {
-        "stage": int(ds.get("stage", 2)),
-        "overlap_comm": bool(ds.get("overlap_comm", True)),
-        "contiguous_gradients": bool(ds.get("contiguous_gradients", True)),
-        "reduce_scatter": bool(ds.get("reduce_scatter", True)),
-        "reduce_bucket_size": int(float(ds.get("reduce_bucket_size", 5e8))),
-        "allgather_bucket_size": int(float(ds.get("allgather_bucket_size", 5e8))),
+        "stage": ds.stage,
+        "overlap_comm": ds.overlap_comm,
+        "contiguous_gradients": ds.contiguous_gradients,
+        "reduce_scatter": ds.reduce_scatter,
+        "reduce_bucket_size": int(ds.reduce_bucket_size),
+        "allgather_bucket_size": int(ds.allgather_bucket_size),
     }
     config = {
         "train_micro_batch_size_per_gpu": int(micro_batch_size),
         "gradient_accumulation_steps": int(grad_accum),
-        "gradient_clipping": float(ds.get("gradient_clipping", 1.0)),
+        "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16", "check_grad_overflow": True},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
@@ -48,5 +47,5 @@ def build_deepspeed_config(ds: Mapping[str, Any], *, micro_batch_size: int, grad
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    config.update(ds.get("extra") or {})
+    config.update(ds.extra)
     return config

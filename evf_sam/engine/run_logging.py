@@ -1,7 +1,7 @@
 """Run logging: the console / ``train.log`` handlers and the metric records of a run.
 
     setup_logging(run_dir, rank)     # rank 0: INFO to stdout and run_dir/train.log; others: WARNING to stderr
-    log = RunLogger(run_dir, rank=rank, logger=cfg.logger, run_name=cfg.name, config=resolved(cfg))
+    log = RunLogger(run_dir, rank=rank, logger=typed(cfg.logger), run_name=cfg.name, config=resolved(cfg))
     log.start()                      # wandb (logger=wandb) on rank 0
     log.log({"type": "train", "step": 1, "loss": 0.9, ...})     # a line of run_dir/metrics.jsonl (+ wandb)
 
@@ -43,8 +43,8 @@ class RunLogger:
     """The run's metric records: one JSON line each in ``metrics.jsonl`` and, with ``logger=wandb``,
     Weights & Biases (numbers only, as ``<type>/<key>``). Writes on rank 0 only.
 
-    ``logger``: the ``logger`` group (``name``: none | wandb; wandb's ``project``, ``entity``, ``mode``,
-    ``run_id``); `start` opens the tracker (after resume, so a resumed run continues its wandb run).
+    ``logger``: the typed ``logger`` group (`config.LoggerConfig` for none, `config.WandbLoggerConfig`);
+    `start` opens the tracker (after resume, so a resumed run continues its wandb run).
     """
 
     def __init__(self, run_dir: Path, *, rank: int, logger: Any, run_name: str, config: dict | None = None):
@@ -63,7 +63,7 @@ class RunLogger:
 
         mode = lc.mode or ("online" if lc.project else "offline")
         self.backend = wandb.init(project=lc.project or "evf-sam", entity=lc.entity, name=self.run_name,
-                                  dir=str(self.run_dir), mode=mode, resume="allow", id=lc.get("run_id") or None,
+                                  dir=str(self.run_dir), mode=mode, resume="allow", id=lc.run_id or None,
                                   config=self.config)
 
     def log(self, record: dict[str, Any]) -> None:

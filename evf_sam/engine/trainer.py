@@ -75,7 +75,7 @@ class Trainer:
 
     def __init__(self, config, *, engine, scheduler, tokenizer, tokenizer_dir: Path, train_dataset, num_workers: int,
                  val_splits: Sequence, embedding_cache, max_text_len: int, run_dir: Path, dist: D.DistInfo,
-                 dtype: torch.dtype, checkpointer, run_logger, resume: str, seed: int, run_config: dict):
+                 dtype: torch.dtype, checkpointer, run_logger, resume: str | None, seed: int, run_config: dict):
         self.config = config
         self.engine, self.scheduler = engine, scheduler
         self.module = engine.module
@@ -87,7 +87,7 @@ class Trainer:
         self.rank, self.world_size, self.device = dist.rank, dist.world_size, dist.device
         self.dtype = dtype
         self.checkpointer, self.run_logger = checkpointer, run_logger
-        self.resume, self.seed, self.run_config = str(resume), int(seed), run_config
+        self.resume, self.seed, self.run_config = resume, int(seed), run_config
         self.micro_batch_size, self.grad_accum = int(config.micro_batch_size), int(config.grad_accum)
         self.total_steps = int(config.total_steps)
         self.state = TrainState()
