@@ -35,3 +35,52 @@ def test_init_from_loads_an_export_and_keeps_sam_encoder_frozen(tmp_path):
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert a.equal(b), k
     assert not any(p.requires_grad for p in again.sam.image_encoder.parameters())
+
+
+# -- the config schemas (evf_sam/config.py) -----------------------------------------------------------
+
+def _compose_raw(*overrides):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("override,key,words", [
+    ("trainer.total_steps=abc", "trainer.total_steps", "Integer"),
+    ("data.sources.refcoco.rate=high", "data.sources.refcoco.rate", "Float"),
+    ("optim.betas=fast", "optim.betas", ""),
+    ("trainer.totl_steps=5", "trainer.totl_steps", ""),
+])
+def test_wrong_type_or_key_fails_at_composition_naming_it(override, key, words):
+    with pytest.raises(Exception) as err:
+        _compose_raw("model=tiny", override)
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain)
+    assert key in text and words in text, text
+
+
+def test_added_key_the_schema_lacks_is_an_error_when_typed():
+    from evf_sam.config import TrainerConfig
+
+    cfg = _compose_raw("model=tiny", "data=random", "+trainer.foo=1")
+    with pytest.raises(ValueError, match=r"trainer: unknown key\(s\) \['foo'\] for TrainerConfig"):
+        typed(cfg.trainer)
+    t = typed(_compose_raw("model=tiny", "data=random", "trainer=tiny").trainer)
+    assert isinstance(t, TrainerConfig) and t.total_steps == 20 and t.loss.bce_weight == 1.0
+
+
+def test_encoder_comes_from_the_encoder_group():
+    from evf_sam.engine.build import check_encoder_choice
+
+    for model, encoder in (("tiny", "beit3_tiny"), ("evf_sam_base", "beit3_base"), ("evf_sam_large", "beit3_large")):
+        cfg = _compose_raw(f"model={model}")
+        assert cfg.model.encoder == cfg.encoder.name == encoder
+        check_encoder_choice(cfg)
+    cfg = _compose_raw("+experiment=quickstart")
+    assert cfg.model.encoder == cfg.encoder.name == "beit3_tiny"
+    cfg = _compose_raw("model=tiny", "encoder=beit3_base")  # an explicit choice is honoured, not ignored
+    assert cfg.model.encoder == cfg.encoder.name == "beit3_base"
+    with pytest.raises(ValueError, match="choose the encoder with encoder=<name>"):
+        check_encoder_choice(_compose_raw("model=tiny", "model.encoder=beit3_base"))

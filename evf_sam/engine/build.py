@@ -112,6 +112,14 @@ def _build_model(model: ModelConfig, tokenizer):
                          encoder_checkpoint=model.encoder_checkpoint)
 
 
+def check_encoder_choice(cfg) -> None:
+    """``model.encoder`` follows the ``encoder`` group (``${encoder.name}``); overriding it alone would
+    build one encoder while the config names another."""
+    if "encoder" in cfg and cfg.model.encoder != cfg.encoder.name:
+        raise ValueError(f"model.encoder={cfg.model.encoder!r} but the encoder group is {cfg.encoder.name!r}: choose "
+                         f"the encoder with encoder=<name> (configs/encoder/), not model.encoder")
+
+
 def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
     """Every part of the run, built from ``cfg`` in order (all ranks call this)."""
     from omegaconf import OmegaConf
@@ -120,6 +128,7 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
                                     uses_semantic_token)
 
     run = typed(cfg, RunConfig)
+    check_encoder_choice(cfg)
     model_cfg, data, trainable = typed(cfg.model), typed(cfg.data), typed(cfg.trainable)
     optim, ds, trainer_cfg, logger_cfg = typed(cfg.optim), typed(cfg.deepspeed), typed(cfg.trainer), typed(cfg.logger)
     run_dir = Path(run.run_dir).absolute()
