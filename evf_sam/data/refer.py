@@ -6,7 +6,7 @@
         path = r.image_path(ref["image_id"])              # .../images/mscoco/images/train2014/COCO_train2014_*.jpg
         texts = [s["sent"] for s in ref["sentences"]]
 
-Layout (docs: data/README.md, reference: FORMATS.md)::
+Layout (docs: data/README.md, reference: ../shared/reference/FORMATS.md)::
 
     <root>/refer_seg/
       images/mscoco/images/train2014/COCO_train2014_000000xxxxxx.jpg   (RefCOCO / + / g)
@@ -300,6 +300,8 @@ class ReferDataset:
         except Exception as e:
             raise ValueError(f"{self.dataset}|{self.split_by}: cannot decode the segmentation of ann_id {ann_id} "
                              f"(image {ann['image_id']}): {e}") from e
+
+    ann_mask = annotation_mask  # the short name (tests/test_refer.py asserts both)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from evf_sam.atomic import atomic_write_text
+from evf_sam.data.batch import text_length
 from evf_sam.metrics import ClassIoU, RefMetrics
+from evf_sam.models.encoders import tokenize_for_encoder
 
 __all__ = ["METRIC_KEYS", "evaluate", "format_paper_table", "run_eval_from_config", "write_results"]
 
@@ -36,17 +38,6 @@ _DATASET_TITLES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "Re
                    "ade20k": "ADE20K", "mapillary": "Mapillary"}
 
 logger = logging.getLogger(__name__)
-
-
-def _tokenize(model, tokenizer, sentences: list[str], max_len: int):
-    encoder = getattr(getattr(model, "config", None), "encoder", "beit3")
-    try:
-        from evf_sam.models.encoders import tokenize_for_encoder
-    except ImportError:  # pragma: no cover - encoders.py is optional for BEiT-3-only builds
-        from evf_sam.tokenizer import tokenize
-
-        return tokenize(tokenizer, sentences, max_len)
-    return tokenize_for_encoder(str(encoder), tokenizer, sentences, max_len)
 
 
 @torch.no_grad()
@@ -74,7 +65,7 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     device = torch.device(device)
     full = dataset.subset(max_images) if max_images is not None else dataset
     shard = full.shard(rank, world_size)
-    max_len = int(min(max_text_len, model.max_text_len)) if max_text_len else int(model.max_text_len)
+    max_len = text_length(max_text_len, model.max_text_len)
     save_dir = Path(save_masks_dir) if save_masks_dir else None
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +97,7 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
             beit = torch.stack([it.beit_image for it in items]).to(device, in_dtype)  # (B, 3, b, b)
             sentences = [s for it in items for s in it.sentences]
             image_index = torch.tensor([b for b, it in enumerate(items) for _ in it.sentences], device=device)
-            ids, pad = _tokenize(model, tokenizer, sentences, max_len)
+            ids, pad = tokenize_for_encoder(str(model.config.encoder), tokenizer, sentences, max_len)
             with amp:
                 emb = model.encode_image(sam)  # (B, C, h, w)
                 prompts = model.encode_prompts(beit.index_select(0, image_index), ids.to(device), pad.to(device))
@@ -246,6 +237,7 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
 
     from evf_sam.data.eval_dataset import build_eval_dataset
     from evf_sam.engine import distributed as D
+    from evf_sam.models.encoders import load_encoder_tokenizer
     from evf_sam.models.evf_sam import EvfSam
 
     if cfg.precision not in _DTYPES:
@@ -273,14 +265,7 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
     ckpt = Path(str(cfg.checkpoint))
     model = EvfSam.from_pretrained(ckpt, dtype=dtype, device=info.device).eval()
     tok_dir = Path(str(cfg.tokenizer)) if cfg.get("tokenizer") else ckpt
-    try:
-        from evf_sam.models.encoders import load_encoder_tokenizer
-
-        tokenizer = load_encoder_tokenizer(str(model.config.encoder), tok_dir)
-    except ImportError:  # pragma: no cover
-        from evf_sam.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(tok_dir)
+    tokenizer = load_encoder_tokenizer(str(model.config.encoder), tok_dir)
 
     results: dict[str, dict[str, Any]] = {}
     for name, (dataset, split_by, split) in zip(splits, parsed):
