@@ -43,12 +43,17 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in recs if r["type"] == "train"}
 
 
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_zero2_checkpoint_and_export(tmp_path):
     run = tmp_path / "run"
+    # validation batch 1: evaluate() is then bit-identical at any world size (checked against final/ below)
     _train(run, "data=synthetic", f"data.root={tmp_path / 'syn'}", "data.synthetic.num_train=16",
            "data.synthetic.num_val=4", "data.synthetic.num_test=4", "data.synthetic.image_size=64",
-           "data.num_workers=0", "trainer.total_steps=3", "trainer.ckpt_every=2", nproc=2)
+           "data.num_workers=0", "trainer.total_steps=3", "trainer.ckpt_every=2", "data.val.batch_size=1", nproc=2)
     ck = run / "checkpoints"
     assert (ck / "latest").read_text() == "step_00000003"
     for tag in ("step_00000002", "step_00000003"):
@@ -63,7 +68,16 @@ def test_torchrun_two_processes_zero2_checkpoint_and_export(tmp_path):
     assert results["finished"] and results["final"] == str(run / "final")
     val = results["refcoco|unc|val"]  # evaluate() on the synthetic val split, reduced over both ranks
     assert 0.0 <= val["ciou"] <= 1.0 and 0.0 <= val["giou"] <= 1.0 and val["n_images"] == 4
-    assert any(json.loads(x)["type"] == "val" for x in (run / "metrics.jsonl").read_text().splitlines())
+    # metrics.jsonl: one train record per step (rank 0 only), then the final validation, which is what
+    # results.json reports
+    records = _records(run)
+    assert [r["step"] for r in records if r["type"] == "train"] == [1, 2, 3]
+    assert all(r["loss"] is not None and not r["skipped"] for r in records if r["type"] == "train")
+    vals = [r for r in records if r["type"] == "val"]
+    assert [r["step"] for r in vals] == [3] and vals[0]["split"] == "refcoco|unc|val"
+    assert {k: v for k, v in vals[0].items() if k not in ("type", "step")} == val
+    assert results["step"] == 3 and results["samples"] == 3 * 2 * 2
+    assert results["best"] == {"step": 3, "ciou": val["ciou"], "path": str(run / "best")}
 
     from evf_sam.models.evf_sam import EvfSam
 
@@ -83,6 +97,21 @@ def test_torchrun_two_processes_zero2_checkpoint_and_export(tmp_path):
     pred.set_image(np.zeros((40, 50, 3), dtype=np.uint8))
     out = pred.predict(["the big red circle on the left"])
     assert out.masks.shape == (1, 40, 50)
+
+    # the exported model, reloaded, reproduces the validation numbers the run logged, exactly
+    from evf_sam.data.eval_dataset import build_eval_dataset
+    from evf_sam.engine.evaluate import evaluate
+    from evf_sam.tokenizer import load_tokenizer
+
+    ds = build_eval_dataset(tmp_path / "syn", "refcoco", "unc", "val", sam_size=model.sam_image_size,
+                            beit_size=model.beit_image_size, resize_mode=model.resize_mode)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the training processes (OMP_NUM_THREADS=1)
+    try:
+        again = evaluate(model, load_tokenizer(run / "final"), ds, batch_size=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert {k: float(v) for k, v in again.items()} == {k: v for k, v in val.items() if k != "split"}
 
 
 @pytest.mark.slow

@@ -32,8 +32,10 @@ def test_init_from_loads_an_export_and_keeps_sam_encoder_frozen(tmp_path):
     export = model.save_pretrained(tmp_path / "export", tokenizer_dir=tok_dir)
     cfg2 = _cfg(tmp_path / "b", f"+model.init_from={export}", f"model.tokenizer={export}")
     again, _, _ = build_model_and_tokenizer(typed(cfg2.model), tmp_path / "b")
-    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
-        assert a.equal(b), k
+    before, after = model.state_dict(), again.state_dict()
+    assert list(after) == list(before)  # same tensors, same order: none missing, none extra
+    for k, a in before.items():
+        assert after[k].dtype == a.dtype and after[k].equal(a), k
     assert not any(p.requires_grad for p in again.sam.image_encoder.parameters())
 
 
