@@ -37,10 +37,10 @@ from typing import Any, Dict, List, Optional, Union
 from omegaconf import MISSING
 
 __all__ = ["DataConfig", "DeepSpeedConfig", "EncoderConfig", "ExtraDataConfig", "FeatureConfig", "FusionConfig",
-           "LoggerConfig", "LossConfig", "MODEL_BUILD_KEYS", "ModelConfig", "OptimConfig", "RandomDataConfig", "RandomValConfig",
-           "ReferDataConfig", "ReferSourceConfig", "ReferValConfig", "RunConfig", "SamConfig", "SemanticSourceConfig",
-           "SemanticValConfig", "SyntheticConfig", "TrainableConfig", "TrainerConfig", "WandbLoggerConfig",
-           "register_schemas", "resolved", "typed"]
+           "LoggerConfig", "LossConfig", "MODEL_BUILD_KEYS", "ModelConfig", "OptimConfig", "RandomDataConfig",
+           "RandomValConfig", "ReferDataConfig", "ReferSourceConfig", "ReferValConfig", "RunConfig", "SamConfig",
+           "SemanticSourceConfig", "SemanticValConfig", "SyntheticConfig", "TrainableConfig", "TrainerConfig",
+           "WandbLoggerConfig", "register_schemas", "resolved", "typed"]
 
 # NB: `from __future__ import annotations` turns annotations into strings; OmegaConf resolves them with
 # typing.get_type_hints, so the typing names above must stay importable from this module.

@@ -315,6 +315,13 @@ AXIS_DEFAULTS = ("beit3_large", "early", "auto", "enc_proj_prompt_mask", "vit_h"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("table*.yaml"))
 
 
+def test_every_ablation_table_has_an_experiment():
+    """The parametrised tests below run once per file found: a deleted file must fail here, not vanish."""
+    from evf_sam.paper_numbers import TABLES
+
+    assert EXPERIMENTS == sorted(TABLES), f"configs/experiment/ has {EXPERIMENTS}; the ablations: {sorted(TABLES)}"
+
+
 def _sweep_rows(config_dir: Path, experiment: str, extra: list[str]):
     """Composes +experiment=<experiment>, expands its hydra.sweeper.params, composes every row."""
     from hydra import compose, initialize_config_dir

@@ -58,8 +58,8 @@ def build_model_and_tokenizer(model: ModelConfig, run_dir: Path, *, tokenizer_se
     tok_dir = model.tokenizer
     if tok_dir is None:
         if not model.make_tiny_tokenizer:
-            raise ValueError("model.tokenizer is not set: point it at a directory with BEiT-3's sentencepiece.bpe.model "
-                             "(e.g. the official evf-sam checkpoint directory)")
+            raise ValueError("model.tokenizer is not set: point it at a directory with BEiT-3's "
+                             "sentencepiece.bpe.model (e.g. the official evf-sam checkpoint directory)")
         tok_dir = Path(run_dir) / "tokenizer"
         if D.is_main() and not (tok_dir / "sentencepiece.bpe.model").is_file():
             from evf_sam.testing import TINY_SENTENCES
@@ -79,7 +79,8 @@ def build_model_and_tokenizer(model: ModelConfig, run_dir: Path, *, tokenizer_se
         evf_sam = _build_model(model, tokenizer)
     if model.grad_checkpointing:
         if not hasattr(evf_sam.encoder, "set_grad_checkpointing"):
-            raise ValueError(f"model.grad_checkpointing=true is not supported by encoder {model.encoder!r} (BEiT-3 only)")
+            raise ValueError(f"model.grad_checkpointing=true is not supported by encoder {model.encoder!r} "
+                             f"(BEiT-3 only)")
         evf_sam.encoder.set_grad_checkpointing(True)
     return evf_sam, tokenizer, Path(tok_dir)
 

@@ -54,16 +54,16 @@ class RunLogger:
         self.backend = None
 
     def start(self) -> None:
-        lc = self.logger_config
-        if self.rank != 0 or lc.name == "none":
+        settings = self.logger_config
+        if self.rank != 0 or settings.name == "none":
             return
-        if lc.name != "wandb":
-            raise ValueError(f"logger={lc.name!r}: choose wandb or none")
+        if settings.name != "wandb":
+            raise ValueError(f"logger={settings.name!r}: choose wandb or none")
         import wandb
 
-        mode = lc.mode or ("online" if lc.project else "offline")
-        self.backend = wandb.init(project=lc.project or "evf-sam", entity=lc.entity, name=self.run_name,
-                                  dir=str(self.run_dir), mode=mode, resume="allow", id=lc.run_id or None,
+        mode = settings.mode or ("online" if settings.project else "offline")
+        self.backend = wandb.init(project=settings.project or "evf-sam", entity=settings.entity, name=self.run_name,
+                                  dir=str(self.run_dir), mode=mode, resume="allow", id=settings.run_id or None,
                                   config=self.config)
 
     def log(self, record: dict[str, Any]) -> None:
