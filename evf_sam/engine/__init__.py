@@ -1,4 +1,5 @@
-"""Training and evaluation engine (DeepSpeed and Hydra are imported lazily, inside the functions).
+"""Training and evaluation engine (DeepSpeed is imported lazily, inside the functions; configs are typed
+by evf_sam.config).
 
     evf_sam.engine.build            train(cfg), build_trainer, build_model_and_tokenizer: the parts from the config
     evf_sam.engine.trainer          Trainer: the training loop (DeepSpeed ZeRO-2 steps, validation, export)
