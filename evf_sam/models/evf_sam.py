@@ -257,9 +257,11 @@ class EvfSam(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> "EvfSam":
-        """Loads an official EVF-SAM directory (or one written by `save_pretrained`), strictly."""
+        """Loads an official EVF-SAM directory (or one written by `save_pretrained`, or a hub id), strictly."""
+        from evf_sam.hub import resolve_checkpoint
         from evf_sam.models.checkpoint import load_pretrained
 
+        path = resolve_checkpoint(path)  # a local path wins; "owner/name" -> the hub cache's snapshot
         model = load_pretrained(path, dtype=dtype, device=device)
         model._keep_pe_float32()  # the file's copy may be fp16 / bf16 (see _apply)
         model.source_dir = Path(path)  # where EvfSamPredictor finds the tokenizer files
