@@ -34,6 +34,8 @@ __all__ = ["CliError", "main"]
 PROG = "evf-sam"
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 RESULTS_FILE = "predictions.json"
+CHECKPOINT_HELP = ("EVF-SAM checkpoint directory (config.json, weights, sentencepiece.bpe.model) or a Hugging Face "
+                   "hub id such as YxZhang/evf-sam2 (downloaded once into the hub cache; a local path wins)")
 
 
 class CliError(Exception):
@@ -56,8 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.required = True
     pr = sub.add_parser("predict", help="segment images with text prompts",
                         description="Segment every --prompt on every --image (or the pairs of a --manifest).")
-    pr.add_argument("--checkpoint", required=True, type=Path, metavar="DIR",
-                    help="EVF-SAM checkpoint directory (config.json, weights, sentencepiece.bpe.model)")
+    pr.add_argument("--checkpoint", required=True, type=Path, metavar="DIR_OR_HUB_ID", help=CHECKPOINT_HELP)
     pr.add_argument("--image", action="extend", nargs="+", type=Path, default=[], metavar="PATH",
                     help="image file(s); may be repeated")
     pr.add_argument("--prompt", action="extend", nargs="+", default=[], metavar="TEXT",
@@ -112,6 +113,16 @@ def _device_and_dtype(device: str, precision: str):
         raise CliError("--precision fp16 needs a CUDA device (half precision is not supported on CPU); "
                        "use --precision fp32 or bf16 on CPU")
     return torch.device(dev), getattr(torch, PRECISIONS[precision])
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    """A local directory as is; a hub id -> its snapshot in the hub cache (downloaded if needed)."""
+    from evf_sam.hub import CheckpointNotFoundError, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(path)
+    except CheckpointNotFoundError as e:
+        raise CliError(str(e)) from None
 
 
 def _check_checkpoint(path: Path) -> None:
@@ -230,11 +241,12 @@ def _predict(args: argparse.Namespace) -> int:
     jobs = _jobs_from_manifest(args.manifest) if args.manifest is not None else \
         _jobs_from_args(args.image, args.prompt)
     device, dtype = _device_and_dtype(args.device, args.precision)
-    _check_checkpoint(args.checkpoint)
     _check_images(jobs)
     _check_output(args.output)
+    checkpoint = _resolve_checkpoint(args.checkpoint)
+    _check_checkpoint(checkpoint)
 
-    predictor = _load_predictor(args.checkpoint, dtype, device)
+    predictor = _load_predictor(checkpoint, dtype, device)
     out = args.output
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.resolve().name}.tmp-", dir=out.resolve().parent))
     try:

@@ -62,7 +62,10 @@ class EvfSamPredictor:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> "EvfSamPredictor":
-        """Model (`EvfSam.from_pretrained`) and tokenizer from one checkpoint directory."""
+        """Model (`EvfSam.from_pretrained`) and tokenizer from one checkpoint directory or hub id."""
+        from evf_sam.hub import resolve_checkpoint
+
+        path = resolve_checkpoint(path)
         model = EvfSam.from_pretrained(path, dtype=dtype, device=device)
         return cls(model, tokenizer=path)
 
