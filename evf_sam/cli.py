@@ -1,4 +1,4 @@
-"""Command line: ``evf-sam predict`` / ``python -m evf_sam predict``.
+"""Command line: ``evf-sam predict`` / ``python -m evf_sam predict``; ``evf-sam demo`` (web demo, evf_sam/demo.py).
 
     python -m evf_sam predict --checkpoint evf-sam --image dog.jpg cat.jpg \\
         --prompt "the dog on the left" --prompt "the red ball" --output out/
@@ -72,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="auto = cuda if available, else cpu")
     pr.add_argument("--multimask", action="store_true",
                     help="predict SAM's 3 masks and keep the best by predicted IoU (default: single mask)")
+    de = sub.add_parser("demo", help="web demo in the browser (Gradio)",
+                        description="Serve a page to upload an image, type prompts (one per line) and see and "
+                                    "download the masks. Needs gradio (pip install 'evf-sam[demo]').")
+    de.add_argument("--checkpoint", required=True, type=Path, metavar="DIR_OR_HUB_ID", help=CHECKPOINT_HELP)
+    de.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the demo "
+                         "to the network)")
+    de.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 = any free port)")
+    de.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                    help="model precision (fp16 needs CUDA; default fp32)")
+    de.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto = cuda if available, else cpu")
     return p
 
 
@@ -84,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return _predict(args)
+        if args.command == "demo":
+            return _demo(args)
         raise CliError(f"unknown command {args.command!r}")
     except CliError as e:
         return _fail(str(e))
@@ -334,6 +348,59 @@ def _commit(tmp: Path, out: Path) -> None:
         return
     for f in sorted(tmp.iterdir()):
         os.replace(f, out / f.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Web demo
+
+
+def _free_port(host: str, port: int) -> int:
+    """``port`` if it can be bound on ``host`` now (any free port for 0), else CliError."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise CliError(f"--host {host!r} is not a usable address ({e}); use 127.0.0.1 or 0.0.0.0") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise CliError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port "
+                           f"(--port 0 picks a free one)") from None
+        return int(s.getsockname()[1])
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port {args.port} is out of range; use 1-65535 (or 0 for any free port)")
+    device, dtype = _device_and_dtype(args.device, args.precision)
+    from evf_sam import demo
+
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise CliError("the demo needs gradio: pip install 'evf-sam[demo]' (scripts/install.sh installs it)") \
+            from None
+    port = _free_port(args.host, args.port)
+    checkpoint = _resolve_checkpoint(args.checkpoint)
+    _check_checkpoint(checkpoint)
+    predictor = _load_predictor(checkpoint, dtype, device)
+    app = demo.build_demo(predictor, checkpoint=str(args.checkpoint))
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"{PROG}: demo of {args.checkpoint} ({device}, {args.precision}) at http://{host}:{port}  "
+          f"(Ctrl+C to stop)", file=sys.stderr)
+    try:
+        demo.serve(app, host=args.host, port=port, block=True, quiet=True)
+    except KeyboardInterrupt:  # Ctrl+C: the normal way to stop a server
+        print(f"{PROG}: demo stopped", file=sys.stderr)
+    except OSError as e:
+        raise CliError(f"cannot start the demo server on {args.host}:{port}: {e}") from None
+    finally:
+        app.close()
+        app.evf_session.close()
+    return 0
 
 
 if __name__ == "__main__":
