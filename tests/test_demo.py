@@ -277,14 +277,6 @@ def test_browser_upload_prompt_and_download(ckpt, scene_png, tmp_path, monkeypat
             page.goto(base + "/", wait_until="load")
             page.wait_for_selector("#evf-segment", timeout=60_000)
 
-            # an error is shown, not a crash: Segment before uploading
-            page.locator("#evf-prompts textarea").fill("x")
-            page.click("#evf-segment")
-            toast = page.locator("[data-testid=toast-body]").filter(has_text="upload an image first")
-            toast.wait_for(timeout=60_000)
-            toast.locator("[data-testid=toast-close]").click()
-            toast.wait_for(state="detached", timeout=30_000)
-
             page.locator("#evf-image input[type=file]").set_input_files(str(scene_png))
             page.wait_for_selector("#evf-image img", timeout=60_000)
             page.locator("#evf-prompts textarea").fill("\n".join(PROMPTS))
@@ -317,6 +309,12 @@ def test_browser_upload_prompt_and_download(ckpt, scene_png, tmp_path, monkeypat
             page.click("#evf-segment")
             page.wait_for_function(
                 "document.querySelectorAll('#evf-files a[download]').length === 2", timeout=120_000)
+
+            # bad input is an error message on the page, not a crash
+            page.locator("#evf-prompts textarea").fill("  \n ")
+            page.click("#evf-segment")
+            page.locator("[data-testid=toast-body]").filter(has_text="type at least one prompt").wait_for(
+                timeout=60_000)
             browser.close()
     finally:
         app.close()
@@ -347,6 +345,11 @@ def test_browser_upload_prompt_and_download(ckpt, scene_png, tmp_path, monkeypat
         assert _pixels_near(pre, mask_color(i)) == 0 and _pixels_near(post, mask_color(i)) >= 20
     assert np.abs(pre.astype(int) - post.astype(int)).mean() > 10
 
+    if os.environ.get("EVF_SAM_TEST_ARTIFACTS"):  # keep the screenshots (CI artifacts, a look by eye)
+        keep = Path(os.environ["EVF_SAM_TEST_ARTIFACTS"])
+        keep.mkdir(parents=True, exist_ok=True)
+        for f in (before, after, shot):
+            shutil.copy(f, keep / f"demo_{f.name}")
     assert external == []  # the page asked nothing from outside the server
     assert no_outbound_sockets == []  # nor did the server
 

@@ -7,6 +7,8 @@ import hashlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +175,14 @@ def test_cli_accepts_hub_id(hf_home, checkpoints, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("evf-sam: error: ") and "\n" not in err and "'Owner/not-there'" in err, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_model_loading_does_not_import_gradio():
+    """evf_sam.models, the predictor and the renderer never pull in gradio (the demo's extra)."""
+    code = ("import sys, evf_sam.models.evf_sam, evf_sam.predictor, evf_sam.visualize\n"
+            "from evf_sam.hub import resolve_checkpoint\n"
+            "resolve_checkpoint('.')\n"
+            "assert 'gradio' not in sys.modules")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
