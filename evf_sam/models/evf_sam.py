@@ -163,11 +163,15 @@ class EvfSam(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.projector.fc1.weight.dtype
+        """The dtype inputs are cast to: SAM's (never quantized; the projector may be, see evf_sam/quantize.py)."""
+        return self._sam_float_parameter().dtype
 
     @property
     def device(self) -> torch.device:
-        return self.projector.fc1.weight.device
+        return self._sam_float_parameter().device
+
+    def _sam_float_parameter(self) -> Tensor:
+        return next(p for p in self.sam.parameters() if p.is_floating_point())
 
     # -- the three stages ---------------------------------------------------------------------
 
