@@ -239,3 +239,30 @@ def test_set_compute_dtype_rejects_integer_dtypes():
         fast.set_compute_dtype(torch.int8)
     with pytest.raises(ValueError, match="needs a dtype"):
         copy.deepcopy(fast).set_compute_dtype(None).cast_linears_()
+
+
+def test_config_sam_encoder_fast_builds_and_loads_official_checkpoints(tmp_path):
+    """EvfSamConfig(sam_encoder="fast"): the same state dict names, official checkpoints load strictly."""
+    import dataclasses
+
+    from evf_sam.models.checkpoint import load_pretrained
+    from evf_sam.models.evf_sam import EvfSamConfig, build_evf_sam
+    from evf_sam.testing import build_tiny_model, tiny_inputs, write_official_checkpoint
+
+    model = build_tiny_model(seed=0)
+    ckpt = write_official_checkpoint(tmp_path / "ckpt", model, dtype=torch.float32)
+    fast = build_evf_sam(dataclasses.replace(model.config, sam_encoder="fast"))
+    assert isinstance(fast.sam.image_encoder, FastImageEncoderViT)
+    assert not any(p.requires_grad for p in fast.sam.image_encoder.parameters())
+    fast.load_state_dict(model.state_dict(), strict=True)
+    reloaded = load_pretrained(ckpt)
+    use_fast_sam_encoder(reloaded)  # the choice is not part of config.json: switch after loading
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        want = model(**inputs)[0]
+        assert (fast(**inputs)[0] - want).abs().max().item() <= 1e-4
+        assert (reloaded(**inputs)[0] - want).abs().max().item() <= 1e-4
+    with pytest.raises(ValueError, match="already SDPA"):
+        EvfSamConfig(sam_variant="efficient_sam_tiny", sam_encoder="fast")
+    with pytest.raises(ValueError, match="unknown sam_encoder"):
+        EvfSamConfig(sam_encoder="flash")

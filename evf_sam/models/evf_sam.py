@@ -52,10 +52,20 @@ class EvfSamConfig:
     # the official EVF-SAM2 (SAM-2 frozen). The trainer turns it off when it trains SAM-2's mask
     # decoder, whose multimask outputs the loss never supervises.
     sam_stability_fallback: bool | None = None
+    # SAM-1 image encoder implementation, same weights and names: "reference" (segment-anything's
+    # ImageEncoderViT) or "fast" (models/sam_encoder.py: SDPA; precision / compile are set at run time
+    # with use_fast_sam_encoder(model, compute_dtype=..., compile=...)).
+    sam_encoder: str = "reference"
 
     def __post_init__(self) -> None:
         if self.sam_variant not in SAM_VARIANTS:
             raise ValueError(f"unknown sam_variant {self.sam_variant!r}; choose one of {', '.join(SAM_VARIANTS)}")
+        if self.sam_encoder not in ("reference", "fast"):
+            raise ValueError(f"unknown sam_encoder {self.sam_encoder!r}; choose 'reference' or 'fast'")
+        if self.sam_encoder == "fast" and sam_family(self.sam_variant) != "sam":
+            raise ValueError(f"sam_encoder='fast' replaces segment-anything's image encoder; sam_variant="
+                             f"{self.sam_variant!r} is a {sam_family(self.sam_variant)} model (already SDPA): "
+                             f"leave sam_encoder='reference'")
         if self.sam_stability_fallback is not None and sam_family(self.sam_variant) != "sam2":
             raise ValueError(f"sam_stability_fallback={self.sam_stability_fallback} applies to SAM-2 only, "
                              f"not sam_variant={self.sam_variant!r}; leave it None")
@@ -298,6 +308,10 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
     Returned in eval mode.
     """
     sam = build_sam_backend(config.sam_variant, sam_checkpoint)
+    if config.sam_encoder == "fast":
+        from evf_sam.models.sam_encoder import use_fast_sam_encoder
+
+        use_fast_sam_encoder(sam)
     # Every encoder, the official BEiT-3 (early fusion, vision [CLS]) included; impossible
     # combinations raise ValueError naming the clash.
     encoder = build_prompt_encoder(config.encoder, fusion=config.fusion, feature=config.feature,
