@@ -16,13 +16,20 @@ embedding equals the reference within 1e-4 (tests/test_sam_encoder.py).
 
 What differs from the reference, and why:
 
-* Attention is ``F.scaled_dot_product_attention(q, k, v, attn_mask=bias)`` where ``bias`` is the
-  decomposed relative-position term ``rel_h[i, kh(j)] + rel_w[i, kw(j)]`` (computed from the unscaled
-  q in float32, as ``add_decomposed_rel_pos``), so the (heads x N x N) logits are never written out
-  by the model. With a float bias, PyTorch 2.14 picks the fused flash kernel on CPU
-  (``_scaled_dot_product_flash_attention_for_cpu``, fp32 and bf16; the MATH fallback is 3-10x
-  slower there) and the memory-efficient or cuDNN kernel on CUDA (FlashAttention-2 takes no bias).
-  `sdpa_backend_report` says which one runs for a given device / dtype.
+* Attention runs through ``F.scaled_dot_product_attention``; the decomposed relative-position term
+  ``rel_h[i, kh(j)] + rel_w[i, kw(j)]`` (``add_decomposed_rel_pos``, from the unscaled q, in float32)
+  enters it in one of two ways (``Attention.rel_pos_impl``):
+  "bias": as the float ``attn_mask`` (B, heads, N, N). PyTorch 2.14 runs the fused flash kernel with a
+  float bias on CPU (``_scaled_dot_product_flash_attention_for_cpu``, fp32 and bf16; the MATH fallback is
+  3-10x slower), and the memory-efficient or cuDNN kernel on CUDA (FlashAttention-2 takes no bias).
+  "fold": folded into the q . k product by widening the heads (q' = [q, q.Rh/scale, q.Rw/scale],
+  k' = [k, one-hot key row, one-hot key column], v zero-padded; width hd + h + w rounded up to 16), so no
+  N x N tensor exists and any kernel runs, FlashAttention-2 included (width 112 in windows, 208 in SAM-H's
+  global blocks, <= 256). "auto" (default): fold for 16-bit inputs, bias for fp32. Measured on this
+  2-core AMX CPU (1 thread, SAM-H block, bf16 mixed): global block 0.82 s folded vs 2.51 s with the
+  bias (segment-anything in plain bf16: 2.65 s); windowed block 0.47 s vs 0.51 s (reference bf16 0.50 s).
+  In fp32 the bias is the faster of the two in windows. `sdpa_backend_report` says which kernels take
+  a float bias on a given device / dtype.
 * Windowed blocks: zero padding of the normed tokens (padded tokens are keys, as in the reference),
   the qkv projection on the padded grid, then ONE copy that partitions q, k and v into windows and
   heads at once (the reference copies twice: window partition, then the head split); after attention
@@ -31,18 +38,17 @@ What differs from the reference, and why:
 * ``compute_dtype`` (mixed precision, e.g. ``torch.bfloat16``): the four linear layers of every block
   (``qkv``, ``proj``, ``lin1``, ``lin2``) and the attention run in that dtype (bf16 GEMMs accumulate
   in fp32 on oneDNN/AMX and cuBLAS; SDPA's softmax is fp32 inside the kernel); the residual stream,
-  the LayerNorms, the relative-position terms (rounded once to the compute dtype as the attention
-  bias), the absolute position table, the patch embedding and the neck stay in float32 (or the
-  parameters' dtype when that is wider). ``cast_linears_`` stores the linear weights in the compute
-  dtype so that no per-call cast is needed. ``compute_dtype=None`` computes in the parameters' dtype
-  throughout, like the reference.
+  the LayerNorms, the relative-position terms (rounded once to the compute dtype as attention input),
+  the absolute position table, the patch embedding and the neck stay in float32 (or the parameters'
+  dtype when that is wider). ``cast_linears_`` stores the linear weights in the compute dtype so that
+  no per-call cast is needed. ``compute_dtype=None`` computes in the parameters' dtype throughout,
+  like the reference.
 * ``compile_blocks()``: ``torch.compile`` of each block (windowed and global blocks compile to two
   graphs that all blocks share), opt-in.
 """
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from typing import Iterable
 
@@ -53,8 +59,6 @@ from segment_anything.modeling.image_encoder import ImageEncoderViT, get_rel_pos
 from torch import Tensor, nn
 
 __all__ = ["FastImageEncoderViT", "rel_pos_bias", "sdpa_backend_report", "use_fast_sam_encoder"]
-
-logger = logging.getLogger(__name__)
 
 _LINEARS = ("attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2")  # what `compute_dtype` runs in low precision
 
@@ -90,13 +94,17 @@ def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, q_size: tuple[
     r_q = q.to(wide).reshape(b, nh, qh, qw, hd)
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h)  # (B, nh, qh, qw, kh)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w)  # (B, nh, qh, qw, kw)
-    dtype = dtype or q.dtype
-    if torch.compiler.is_compiling():  # inductor fuses the sum and the cast into one pass
-        return (rel_h[..., :, None] + rel_w[..., None, :]).to(dtype).reshape(b, nh, qh * qw, kh * kw)
-    out = torch.empty((b, nh, qh, qw, kh, kw), dtype=dtype, device=q.device)
-    # The sum is formed in float32 and written in the output dtype: one rounding, no fp32 N x N buffer.
-    torch.add(rel_h[..., :, None], rel_w[..., None, :], out=out)
-    return out.view(b, nh, qh * qw, kh * kw)
+    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, nh, qh * qw, kh * kw)
+    return bias.to(dtype or q.dtype)
+
+
+def _key_one_hots(h: int, w: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(h*w, width): row j = [one_hot(j // w, h), one_hot(j % w, w), 0...]; the keys' half of `_fold_rel_pos`."""
+    j = torch.arange(h * w, device=device)
+    out = torch.zeros(h * w, width, dtype=dtype, device=device)
+    out[j, j // w] = 1
+    out[j, h + j % w] = 1
+    return out
 
 
 class PatchEmbed(nn.Module):
@@ -147,17 +155,58 @@ class Attention(nn.Module):
                 raise ValueError("input_size must be given when use_rel_pos=True (it sizes the relative tables)")
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+        self.rel_pos_impl = "auto"  # "bias" | "fold" | "auto", see `attend`
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, size: tuple[int, int]) -> Tensor:
-        """q, k, v (B, nh, h*w, hd) -> (B, nh, h*w, hd); the relative term enters as the SDPA bias."""
-        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, size, size) if self.use_rel_pos else None
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q, k, v (*batch, nh, h, w, hd), any strides -> (prod(batch), nh, h*w, hd), in q's dtype.
+
+        The relative-position term enters SDPA either as its float bias (``rel_pos_impl`` "bias") or
+        folded into the q . k product ("fold": q' = [q, q.Rh / scale, q.Rw / scale, 0], k' = [k,
+        one_hot(key row), one_hot(key column), 0], v' = [v, 0], so ``q' . k' * scale`` is the reference's
+        ``(q * scale) . k + rel_h + rel_w`` and no (h*w)^2 bias is built; head width hd + h + w rounded
+        up to a multiple of 16). "auto": fold for 16-bit inputs (3x faster than the bias in SAM-H's
+        global blocks on CPU, and FlashAttention-2, which takes no bias, can run on CUDA), bias otherwise.
+        """
+        *batch, nh, h, w, hd = q.shape
+        if not self.use_rel_pos:
+            q, k, v = (t.reshape(-1, nh, h * w, hd) for t in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        impl = self.rel_pos_impl
+        if impl == "auto":
+            impl = "fold" if q.dtype in (torch.bfloat16, torch.float16) else "bias"
+        if impl == "fold":
+            return self._attend_folded(q, k, v)
+        q, k, v = (t.reshape(-1, nh, h * w, hd) for t in (q, k, v))
+        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+
+    def _attend_folded(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        *batch, nh, h, w, hd = q.shape
+        n, d = h * w, hd + h + w
+        width = -(-d // 16) * 16
+        wide = _wide(q.dtype)
+        # the reference adds q . R (unscaled q) after scaling q . k: divide R by the scale, in float32
+        r_h = get_rel_pos(h, h, self.rel_pos_h.to(wide)) / self.scale  # (h, h, hd)
+        r_w = get_rel_pos(w, w, self.rel_pos_w.to(wide)) / self.scale  # (w, w, hd)
+        qa = q.new_empty(*batch, nh, h, w, width)  # written in place: the copies below are the only ones
+        qa[..., :hd] = q
+        r_q = qa[..., :hd].to(wide)
+        qa[..., hd:hd + h] = torch.einsum("...hwc,hkc->...hwk", r_q, r_h)
+        qa[..., hd + h:d] = torch.einsum("...hwc,wkc->...hwk", r_q, r_w)
+        qa[..., d:] = 0
+        ka = k.new_empty(*batch, nh, h, w, width)
+        ka[..., :hd] = k
+        ka[..., hd:] = _key_one_hots(h, w, width - hd, k.dtype, k.device).view(h, w, width - hd)
+        va = v.new_zeros(*batch, nh, h, w, width)
+        va[..., :hd] = v
+        qa, ka, va = (t.view(-1, nh, n, width) for t in (qa, ka, va))
+        return F.scaled_dot_product_attention(qa, ka, va, scale=self.scale)[..., :hd]
 
     def forward(self, x: Tensor) -> Tensor:
         """Global attention: (B, H, W, D) -> (B, H, W, D), in x's dtype."""
         b, h, w, d = x.shape
-        qkv = _linear(x, self.qkv).view(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nh, N, hd)
-        out = self.attend(qkv[0], qkv[1], qkv[2], (h, w))  # (B, nh, N, hd)
+        qkv = _linear(x, self.qkv).view(b, h, w, 3, self.num_heads, -1).permute(3, 0, 4, 1, 2, 5)  # (3, B, nh, H, W, hd)
+        out = self.attend(qkv[0], qkv[1], qkv[2])  # (B, nh, N, hd)
         return _linear(out.transpose(1, 2).reshape(b, h, w, d), self.proj)
 
 
@@ -198,10 +247,10 @@ class Block(nn.Module):
         nh_, nw_ = hp // ws, wp // ws
         heads, hd = attn.num_heads, d // attn.num_heads
         qkv = _linear(x, attn.qkv)  # (B, Hp, Wp, 3D)
-        # One copy: (B, nH, ws, nW, ws, 3, heads, hd) -> (3, B, nH, nW, heads, ws, ws, hd)
+        # A view (B, nH, ws, nW, ws, 3, heads, hd) -> (3, B, nH, nW, heads, ws, ws, hd); `attend` copies it
+        # into windows x heads once (the reference copies twice: window partition, then the head split).
         qkv = qkv.view(b, nh_, ws, nw_, ws, 3, heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
-        qkv = qkv.reshape(3, b * nh_ * nw_, heads, ws * ws, hd)
-        out = attn.attend(qkv[0], qkv[1], qkv[2], (ws, ws))  # (B*nH*nW, heads, ws*ws, hd)
+        out = attn.attend(qkv[0], qkv[1], qkv[2])  # (B*nH*nW, heads, ws*ws, hd)
         # One copy back: (B, nH, nW, heads, ws, ws, hd) -> (B, nH, ws, nW, ws, heads, hd), unpadded
         out = out.view(b, nh_, nw_, heads, ws, ws, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, d)
         if pad_h or pad_w:
