@@ -3,10 +3,12 @@
 
     python benchmarks/bench_train.py --size tiny --steps 10            # CPU-friendly
     python benchmarks/bench_train.py --size large --micro-batch 16 --precision bf16   # one GPU, random weights
+    python benchmarks/bench_train.py --size large --micro-batch 2 --steps 3 --warmup 1 --num-images 4   # CPU; fp32 AdamW over BEiT-3-L: ~16-20 GB RAM (estimate)
 
 Sizes (random weights, random data: `data=random`): tiny (SAM tiny + beit3_tiny), base (SAM ViT-B +
 BEiT-3-B), large (SAM ViT-H + BEiT-3-L, the paper's model). Each configuration runs the real trainer
-(DeepSpeed ZeRO-2, 1 process) in a subprocess; the first `--warmup` steps are dropped.
+(DeepSpeed ZeRO-2, 1 process) in a subprocess; the first `--warmup` steps are dropped. The peak resident
+memory of each run is printed (large in fp32 on CPU: AdamW states of BEiT-3-L + ZeRO buffers + SAM-H).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ SIZES = {
 }
 
 
+peak_gib: dict[bool, float] = {}  # cache? -> peak resident memory of that training process
+
+
 def run(size: str, cache: bool, args, work: Path) -> list[float]:
     run_dir = work / f"{size}_{'cache' if cache else 'nocache'}"
     ov = [*SIZES[size], "data=random", "logger=none", f"run_dir={run_dir}", "resume=none",
@@ -38,10 +43,16 @@ def run(size: str, cache: bool, args, work: Path) -> list[float]:
           "trainer.progress_bar=false", f"data.num_images={args.num_images}", f"data.num_workers={args.workers}"]
     if cache:
         ov.append(f"data.embedding_cache={work / 'cache'}")
-    p = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *ov], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
-    if p.returncode != 0:
-        sys.exit(f"{size} cache={cache} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    ov += args.override
+    log = work / f"{run_dir.name}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/train.py"), *ov], stdout=f, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak resident memory
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak_gib[cache] = usage.ru_maxrss / 2**20  # kilobytes on Linux
+    if proc.returncode != 0:
+        sys.exit(f"{size} cache={cache} failed:\n{log.read_text()[-6000:]}")
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["samples_per_s"] for r in recs if r["type"] == "train"][args.warmup:]
 
@@ -57,6 +68,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--num-images", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra Hydra overrides for both runs (e.g. trainable=enc_proj)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -68,6 +81,7 @@ def main() -> None:
         print(f"{i + args.warmup + 1:>4}  {a:>22.2f}  {b:>18.2f}")
     ma, mb = statistics.median(res[False]), statistics.median(res[True])
     print(f"{'med':>4}  {ma:>22.2f}  {mb:>18.2f}   speed-up x{mb / ma:.2f}")
+    print(f"peak resident memory (GiB): no cache {peak_gib[False]:.1f}, cache {peak_gib[True]:.1f}")
 
 
 if __name__ == "__main__":
