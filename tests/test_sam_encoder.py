@@ -251,6 +251,9 @@ def test_set_compute_dtype_rejects_integer_dtypes():
         fast.set_compute_dtype(torch.int8)
     with pytest.raises(ValueError, match="needs a dtype"):
         copy.deepcopy(fast).set_compute_dtype(None).cast_linears_()
+    _set_rel_pos_impl(fast, "flash")
+    with pytest.raises(ValueError, match="rel_pos_impl"):
+        fast(torch.randn(1, 3, 256, 256))
 
 
 def test_config_sam_encoder_fast_builds_and_loads_official_checkpoints(tmp_path):

@@ -99,7 +99,7 @@ def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, q_size: tuple[
 
 
 def _key_one_hots(h: int, w: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(h*w, width): row j = [one_hot(j // w, h), one_hot(j % w, w), 0...]; the keys' half of `_fold_rel_pos`."""
+    """(h*w, width): row j = [one_hot(j // w, h), one_hot(j % w, w), 0...]: the keys' extra columns in `Attention._attend_folded`."""
     j = torch.arange(h * w, device=device)
     out = torch.zeros(h * w, width, dtype=dtype, device=device)
     out[j, j // w] = 1
@@ -172,6 +172,8 @@ class Attention(nn.Module):
             q, k, v = (t.reshape(-1, nh, h * w, hd) for t in (q, k, v))
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         impl = self.rel_pos_impl
+        if impl not in ("auto", "bias", "fold"):
+            raise ValueError(f"rel_pos_impl must be 'auto', 'bias' or 'fold', got {impl!r}")
         if impl == "auto":
             impl = "fold" if q.dtype in (torch.bfloat16, torch.float16) else "bias"
         if impl == "fold":
@@ -181,6 +183,7 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
 
     def _attend_folded(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """`attend` with the relative positions folded into widened heads (see there)."""
         *batch, nh, h, w, hd = q.shape
         n, d = h * w, hd + h + w
         width = -(-d // 16) * 16
