@@ -81,7 +81,6 @@ class Result:
     iou: dict[int, tuple[float, float]] = field(default_factory=dict)  # N -> (mean, min) vs ref-fp32
     flops: dict[int, float] = field(default_factory=dict)  # N -> FLOPs of image + N prompts (CUDA)
     compile_s: float | None = None
-    note: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +260,6 @@ def run_reference(model, tok, precision: str, image, prompts, ns, args, device, 
         ious = [mask_iou(a, b) for a, b in zip(masks, base_masks)]
         for n in ns:
             res.iou[n] = (float(np.mean(ious[:n])), float(np.min(ious[:n])))
-    del pred, m
     return res, masks
 
 
@@ -446,7 +444,7 @@ def main(argv=None) -> dict[str, Result]:
         use_fast_sam_encoder(model, compute_dtype=None)
         results.append(run_ours("ours-fp32", model, tok, image, prompts, ns, args, device, base_masks,
                                 prompt_side="fp32"))
-        print(f"# ours-fp32 done", flush=True)
+        print("# ours-fp32 done", flush=True)
     low = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
     lname = "bf16" if low == torch.bfloat16 else "fp16"
     keep = {n: copy.deepcopy(getattr(model, n)) for n in ("encoder", "projector")} if args.quant else {}

@@ -49,8 +49,8 @@ What differs from the reference, and why:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +87,7 @@ def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, q_size: tuple[
     """
     qh, qw = q_size
     kh, kw = k_size
-    b, nh, n, hd = q.shape
+    b, nh, _, hd = q.shape
     wide = _wide(q.dtype)
     r_h = get_rel_pos(qh, kh, rel_pos_h.to(wide))  # (qh, kh, hd)
     r_w = get_rel_pos(qw, kw, rel_pos_w.to(wide))  # (qw, kw, hd)
@@ -167,7 +167,7 @@ class Attention(nn.Module):
         up to a multiple of 16). "auto": fold for 16-bit inputs (3x faster than the bias in SAM-H's
         global blocks on CPU, and FlashAttention-2, which takes no bias, can run on CUDA), bias otherwise.
         """
-        *batch, nh, h, w, hd = q.shape
+        *_, nh, h, w, hd = q.shape
         if not self.use_rel_pos:
             q, k, v = (t.reshape(-1, nh, h * w, hd) for t in (q, k, v))
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
