@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evf_sam.testing import TINY_SENTENCES, make_tokenizer
-from evf_sam.tokenizer import SPECIAL_IDS, load_tokenizer, tokenize, train_sentencepiece
+from evf_sam.tokenizer import SPECIAL_IDS, XlmrTokenizer, load_tokenizer, tokenize, train_sentencepiece
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,10 @@ def tok(tok_dir):
 
 def test_official_layout_and_xlmr_ids(tok_dir, tok):
     import sentencepiece as spm
-    from transformers import XLMRobertaTokenizer
 
     assert {p.name for p in tok_dir.iterdir()} == {"sentencepiece.bpe.model", "tokenizer_config.json",
                                                    "special_tokens_map.json"}
-    assert isinstance(tok, XLMRobertaTokenizer)
+    assert isinstance(tok, XlmrTokenizer)
     assert {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_IDS} == {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
     sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "sentencepiece.bpe.model"))
     assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]  # XLM-R's spm layout
@@ -85,3 +84,39 @@ def test_train_sentencepiece_is_deterministic(tmp_path, tok_dir):
     assert (d / "sentencepiece.bpe.model").read_bytes() == (tok_dir / "sentencepiece.bpe.model").read_bytes()
     with pytest.raises(ValueError, match="non-empty"):
         train_sentencepiece(["", " "], tmp_path / "x", vocab_size=32)
+
+
+def test_unknown_pieces_mask_and_vocab(tok):
+    # a character the tiny model never saw is one unknown piece -> <unk> = 3 (sentencepiece id 0)
+    pieces = tok.tokenize("red \u2603 circle")
+    assert "\u2603" in pieces
+    assert tok.convert_tokens_to_ids(pieces)[pieces.index("\u2603")] == 3
+    mask = len(tok) - 1
+    assert tok.mask_token_id == mask and tok.convert_tokens_to_ids("<mask>") == mask
+    # <mask> is kept whole and eats the whitespace on its left (AddedToken(lstrip=True)), not on its right
+    assert tok.tokenize("red  \t<mask> circle") == [*tok.tokenize("red"), "<mask>", *tok.tokenize(" circle")]
+    assert tok("red <s> circle")["input_ids"] == [0, *tok("red", add_special_tokens=False)["input_ids"], 0,
+                                                  *tok("circle", add_special_tokens=False)["input_ids"], 2]
+    vocab = tok.get_vocab()
+    assert len(vocab) == len(tok) and vocab["<pad>"] == 1 and tok.get_added_vocab() == {}
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3]) == ["<s>", "<pad>", "</s>", "<unk>"]
+    with pytest.raises(IndexError, match="out of range"):
+        tok.convert_ids_to_tokens(len(tok))
+
+
+def test_bad_spm_layout_is_refused(tmp_path):
+    import sentencepiece as spm
+
+    buf = __import__("io").BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TINY_SENTENCES), model_writer=buf, vocab_size=60,
+                                   hard_vocab_limit=False, num_threads=1, minloglevel=2)  # <unk>=0, <s>=1, </s>=2 ...
+    d = tmp_path / "tok"
+    d.mkdir()
+    (d / "sentencepiece.bpe.model").write_bytes(buf.getvalue())
+    assert isinstance(load_tokenizer(d), XlmrTokenizer)
+    buf = __import__("io").BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TINY_SENTENCES), model_writer=buf, vocab_size=60,
+                                   hard_vocab_limit=False, num_threads=1, minloglevel=2, pad_id=0, unk_id=3)
+    (d / "sentencepiece.bpe.model").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="XLM-R tokenizer needs"):
+        load_tokenizer(d)
