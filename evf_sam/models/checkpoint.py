@@ -7,6 +7,8 @@ delegate here.
     encoder.*            mm_extractor.beit3.*
     projector.fc1.*      text_hidden_fcs.0.0.*
     projector.fc2.*      text_hidden_fcs.0.2.*
+    sam.memory_encoder.fuser.layers.{i}.gamma   visual_model.memory_encoder.fuser.layers.{i}.weight
+                         (SAM-2 only: the official EVF-SAM2 vendors SAM-2 with this layer scale renamed)
 
 An official directory (what a user downloads as "evf-sam"):
 
@@ -57,6 +59,7 @@ from evf_sam.models.state_dict import (  # noqa: F401  (StateDictMismatchError: 
 __all__ = [
     "ARCHITECTURES",
     "ENCODER_SCALES",
+    "LEAF_NAME_MAP",
     "NAME_MAP",
     "SAM_SCALES",
     "StateDictMismatchError",
@@ -86,6 +89,16 @@ NAME_MAP: tuple[tuple[str, str], ...] = (
     ("encoder.", "mm_extractor.beit3."),
     ("projector.fc1.", "text_hidden_fcs.0.0."),
     ("projector.fc2.", "text_hidden_fcs.0.2."),
+)
+# Single tensors named differently inside a prefix, checked before NAME_MAP. The official
+# EVF-SAM2 vendors SAM-2 with the memory encoder's layer scale renamed from `gamma` to `weight`
+# (hustvl/EVF-SAM model/segment_anything_2/sam2/modeling/memory_encoder.py, CXBlock: transformers 4's
+# loader rewrites keys containing "gamma"); Meta's sam2 package, which we build on, calls it `gamma`.
+_FUSER_SCALE = r"memory_encoder\.fuser\.layers\.(\d+)\."
+LEAF_NAME_MAP: tuple[tuple[re.Pattern, str, re.Pattern, str], ...] = (
+    # (ours, -> official, official, -> ours)
+    (re.compile(r"sam\." + _FUSER_SCALE + r"gamma$"), r"visual_model.memory_encoder.fuser.layers.\1.weight",
+     re.compile(r"visual_model\." + _FUSER_SCALE + r"weight$"), r"sam.memory_encoder.fuser.layers.\1.gamma"),
 )
 # official config.json values <-> our registry names
 SAM_SCALES: dict[str, str] = {"huge": "vit_h", "large": "vit_l", "base": "vit_b"}
@@ -119,6 +132,9 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 
 def to_official_name(name: str) -> str:
     """``sam.mask_decoder.iou_token.weight`` -> ``visual_model.mask_decoder.iou_token.weight``."""
+    for pat, repl, _, _ in LEAF_NAME_MAP:
+        if pat.match(name):
+            return pat.sub(repl, name)
     for ours, official in NAME_MAP:
         if name.startswith(ours):
             return official + name[len(ours):]
@@ -128,6 +144,9 @@ def to_official_name(name: str) -> str:
 
 def from_official_name(name: str) -> str | None:
     """``text_hidden_fcs.0.2.bias`` -> ``projector.fc2.bias``; None for a name outside the table."""
+    for _, _, pat, repl in LEAF_NAME_MAP:
+        if pat.match(name):
+            return pat.sub(repl, name)
     for ours, official in NAME_MAP:
         if name.startswith(official):
             return ours + name[len(official):]
