@@ -1,26 +1,41 @@
 """THE preprocessing of EVF-SAM: one module for inference, evaluation and training.
 
-It reproduces the official EVF-SAM inference (``inference.py`` of the release) exactly:
+It reproduces the official EVF-SAM code exactly (hustvl/EVF-SAM at 9935dc5; tests/test_official_parity.py):
 
-    image = load_image("photo.jpg")                           # (H, W, 3) uint8 RGB
-    sam, (h, w) = sam_preprocess(image, 1024)                 # (3, 1024, 1024) float32, resized (h, w)
-    beit = beit3_preprocess(image, 224)                       # (3, 224, 224) float32
-    gt = resize_mask_like_sam(mask, 1024)                     # (1024, 1024), training targets
+    image = load_image("photo.jpg")                                   # (H, W, 3) uint8 RGB
+    sam, (h, w) = sam_preprocess(image, 1024)                         # SAM-1: (3, 1024, 1024), resized (h, w)
+    sam, _ = sam_preprocess(image, 1024, "square", pipeline="inference")   # EfficientSAM / SAM-2, predictor
+    sam, _ = sam_preprocess(image, 1024, "square", pipeline="eval")        # EfficientSAM / SAM-2, evaluation
+    beit = beit3_preprocess(image, 224)                               # (3, 224, 224) float32
+    gt = resize_mask_like_sam(mask, 1024)                             # (1024, 1024), training targets
 
-SAM branch: segment-anything's ``ResizeLongestSide(S).apply_image`` (target ``int(x * S / max(H, W)
-+ 0.5)`` per side; PIL bilinear resize of the uint8 image, which antialiases when shrinking),
-``(x - mean) / std`` with mean (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375) on 0-255
-values, zero padding at the bottom / right to S x S. EfficientSAM and SAM-2 (``resize_mode="square"``,
-the official ``model_type`` "effi" / "sam2") instead stretch the normalised resized image to S x S
-with ``F.interpolate(mode="bilinear", align_corners=False)``: no padding, aspect ratio not kept.
+SAM branch, ``resize_mode="pad"`` (SAM-1, official ``model_type`` "ori"; inference.py and eval.py alike):
+segment-anything's ``ResizeLongestSide(S).apply_image`` (target ``int(x * S / max(H, W) + 0.5)`` per
+side; PIL bilinear resize of the uint8 image, which antialiases when shrinking), ``(x - mean) / std``
+with mean (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375) on 0-255 values, zero padding at the
+bottom / right to S x S.
+
+SAM branch, ``resize_mode="square"`` (EfficientSAM, SAM-2: ``model_type`` "effi" / "sam2"): the image is
+stretched to S x S with no padding, by one of two official code paths, which differ (by up to a few
+grey levels, more when shrinking), so the caller names the one it reproduces (``pipeline``):
+
+* ``"inference"`` -- official inference.py ``sam_preprocess``: the (3, H, W) **uint8** tensor
+  ``F.interpolate(mode="bilinear", align_corners=False)`` straight to S x S (no antialiasing; the
+  result stays uint8, i.e. rounded), then normalised. Used by `EvfSamPredictor` and the CLI.
+* ``"eval"`` -- official eval.py / utils/dataset.py (``Resize(1024).apply_image`` + ``ValDataset.preprocess``):
+  a PIL bilinear resize of the uint8 image straight to S x S (torchvision ``resize(to_pil_image(x),
+  (S, S))``; antialiased when shrinking), then normalised. Used by evaluation (`ReferEvalDataset`,
+  the ADE20K eval dataset) and by training data and the embedding cache: the official training
+  datasets (utils/refer_seg_dataset.py & co., LISA-style) take the same ``Resize`` transform.
 
 BEiT-3 branch: ``ToTensor`` (/255), bicubic resize to 224 x 224 on the float tensor *without*
 antialiasing (``F.interpolate(mode="bicubic", align_corners=False, antialias=False)``, which is
-what torchvision's ``Resize`` did on tensors when the official code was written), normalise with
-mean = std = 0.5. Bicubic may overshoot [0, 1] slightly; like the official code we do not clamp.
+what torchvision's ``Resize(antialias=None)`` does on tensors), normalise with mean = std = 0.5.
+Bicubic may overshoot [0, 1] slightly; like the official code we do not clamp.
 
-Masks: logits (N, 1, 4h, 4w) -> ``EvfSam.postprocess_masks`` (bilinear to S, crop, bilinear to the
-original size) -> ``mask = logits > 0`` (`masks_from_logits`).
+Masks: logits (N, 1, 4h, 4w) -> ``EvfSam.postprocess_masks`` (SAM-1: bilinear to S, crop, bilinear to
+the original size; square mode: bilinear straight to the original size) -> ``mask = logits > 0``
+(`masks_from_logits`).
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ __all__ = [
     "PIXEL_MEAN",
     "PIXEL_STD",
     "RESIZE_MODES",
+    "SQUARE_PIPELINES",
     "UnreadableImageError",
     "beit3_preprocess",
     "beit3_resize_normalize",
@@ -52,6 +68,7 @@ __all__ = [
     "sam_normalize_pad",
     "sam_preprocess",
     "sam_resize",
+    "sam_resize_square",
     "sam_resized_shape",
     "sam_valid_size",
 ]
@@ -62,6 +79,7 @@ BEIT3_MEAN = (0.5, 0.5, 0.5)  # BEiT-3, on [0, 1] values
 BEIT3_STD = (0.5, 0.5, 0.5)
 OVERLAY_COLOR = (50, 120, 220)  # the official inference's visualisation colour
 RESIZE_MODES = ("pad", "square")  # SAM-1 | EfficientSAM, SAM-2 (models/sam_backends.py)
+SQUARE_PIPELINES = ("inference", "eval")  # official inference.py | eval.py (+ training data), "square" mode only
 
 
 class UnreadableImageError(ValueError):
@@ -211,19 +229,47 @@ def _check_resize_mode(resize_mode: str) -> None:
                          f"(pad: SAM-1, square: EfficientSAM / SAM-2)")
 
 
-def sam_preprocess(image: np.ndarray, size: int = 1024, resize_mode: str = "pad") -> tuple[Tensor, tuple[int, int]]:
-    """(H, W, 3) uint8 RGB -> ((3, size, size) float32 normalised, resized (h', w')).
+def _check_pipeline(resize_mode: str, pipeline: str | None) -> None:
+    if resize_mode == "square" and pipeline not in SQUARE_PIPELINES:
+        raise ValueError(f"resize_mode='square' needs pipeline='inference' (official inference.py: uint8 tensor "
+                         f"bilinearly interpolated to the square; predictor, CLI) or pipeline='eval' (official "
+                         f"eval.py: PIL resize to the square; evaluation, training), got {pipeline!r}")
+    if pipeline is not None and pipeline not in SQUARE_PIPELINES:
+        raise ValueError(f"pipeline={pipeline!r}; choose one of {', '.join(SQUARE_PIPELINES)}")
 
-    ``resize_mode="pad"``: zero padding at the bottom / right (SAM-1). ``"square"``: the normalised
-    (h', w') image bilinearly stretched to (size, size) (EfficientSAM, SAM-2). (h', w') is the
-    ``ResizeLongestSide`` shape in both modes, as the official ``resize_list``.
+
+def sam_resize_square(image: np.ndarray, size: int = 1024, pipeline: str = "inference") -> np.ndarray | Tensor:
+    """(H, W, 3) uint8 -> the image stretched to (size, size), uint8, by one official path.
+
+    ``pipeline="inference"``: (3, size, size) uint8 tensor, ``F.interpolate`` of the (1, 3, H, W) uint8
+    tensor, bilinear, ``align_corners=False`` (official inference.py). ``"eval"``: (size, size, 3) uint8
+    array, PIL bilinear resize (official utils/dataset.py ``Resize``).
+    """
+    image = _check_uint8_rgb(image)
+    _check_pipeline("square", pipeline)
+    if pipeline == "inference":
+        x = torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (3, H, W) uint8, as the official code
+        return F.interpolate(x[None], (size, size), mode="bilinear", align_corners=False)[0]
+    if image.shape[:2] == (size, size):  # torchvision's resize returns the image unchanged at its own size
+        return image.copy()
+    return np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def sam_preprocess(image: np.ndarray, size: int = 1024, resize_mode: str = "pad",
+                   pipeline: str | None = None) -> tuple[Tensor, tuple[int, int]]:
+    """(H, W, 3) uint8 RGB -> ((3, size, size) float32 normalised, (h', w') the image's extent in it).
+
+    ``resize_mode="pad"`` (SAM-1): ``ResizeLongestSide`` to (h', w'), zero padding at the bottom / right;
+    ``pipeline`` is not needed (official inference and evaluation agree). ``"square"`` (EfficientSAM,
+    SAM-2): stretched to (size, size) = (h', w') by ``pipeline`` "inference" (official inference.py:
+    predictor, CLI) or "eval" (official eval.py: evaluation, training data); see the module docstring.
     """
     _check_resize_mode(resize_mode)
+    _check_pipeline(resize_mode, pipeline)
+    if resize_mode == "square":
+        return _sam_normalize(sam_resize_square(image, size, pipeline)).contiguous(), (int(size), int(size))
     resized = sam_resize(image, size)
     hw = (int(resized.shape[0]), int(resized.shape[1]))
-    if resize_mode == "square":
-        x = F.interpolate(_sam_normalize(resized)[None], (size, size), mode="bilinear", align_corners=False)[0]
-        return x.contiguous(), hw
     return sam_normalize_pad(resized, size).contiguous(), hw
 
 

@@ -1,6 +1,8 @@
 """evf_sam.preprocess equals the official recipe, written out here independently:
-segment-anything's ResizeLongestSide + torch ops (SAM branch), torchvision ToTensor / Resize
-(antialias=False) / Normalize (BEiT-3 branch)."""
+segment-anything's ResizeLongestSide + torch ops (SAM branch), the two square-mode paths of the
+official inference.py (uint8 tensor interpolation) and eval.py (torchvision resize of a PIL image),
+torchvision ToTensor / Resize (antialias=False) / Normalize (BEiT-3 branch). The official code itself
+is compared in tests/test_official_parity.py."""
 
 import warnings
 
@@ -21,6 +23,7 @@ from evf_sam.preprocess import (
     overlay_mask,
     resize_mask_like_sam,
     sam_preprocess,
+    sam_resize_square,
     sam_resized_shape,
 )
 
@@ -228,3 +231,58 @@ def test_read_only_input_no_warning():
         sam_preprocess(img, 64)
     with pytest.raises(TypeError, match="Tensor"):
         load_image(torch.zeros(3, 4, 4))
+
+
+_MEAN = torch.Tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
+_STD = torch.Tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
+
+
+def _official_square_inference(x: np.ndarray, size: int) -> torch.Tensor:
+    """EVF-SAM inference.py's sam_preprocess, model_type 'effi' / 'sam2', with img_size = size."""
+    x = torch.from_numpy(x).permute(2, 0, 1).contiguous()
+    x = F.interpolate(x.unsqueeze(0), (size, size), mode="bilinear", align_corners=False).squeeze(0)
+    return (x - _MEAN) / _STD
+
+
+def _official_square_eval(x: np.ndarray, size: int) -> torch.Tensor:
+    """EVF-SAM utils/dataset.py: Resize(size).apply_image, then ValDataset.preprocess (no padding)."""
+    from torchvision.transforms.functional import resize, to_pil_image
+
+    x = np.array(resize(to_pil_image(x), (size, size), antialias=None))
+    return (torch.from_numpy(x).permute(2, 0, 1).contiguous() - _MEAN) / _STD
+
+
+@pytest.mark.parametrize("hw", SIZES + [(1200, 700)])
+def test_square_paths_equal_official_inference_and_eval(hw):
+    img = _image(*hw, seed=sum(hw))
+    size = 256
+    inf, inf_hw = sam_preprocess(img, size, "square", pipeline="inference")
+    ev, ev_hw = sam_preprocess(img, size, "square", pipeline="eval")
+    assert inf_hw == ev_hw == (size, size)  # the image covers the whole frame
+    assert torch.equal(inf, _official_square_inference(img, size))
+    assert torch.equal(ev, _official_square_eval(img, size))
+    # both are normalised uint8 images: the interpolation result is rounded before normalising
+    for x in (inf, ev):
+        grey = x * _STD + _MEAN
+        assert torch.allclose(grey, grey.round(), atol=1e-3) and grey.min() >= -1e-3 and grey.max() <= 255 + 1e-3
+    r = sam_resize_square(img, size, "inference")
+    assert r.dtype == torch.uint8 and r.shape == (3, size, size)
+    assert sam_resize_square(img, size, "eval").shape == (size, size, 3)
+    if hw in ((37, 91), (300, 17), (1200, 700)):  # no longest-side resize first (what this module did before)
+        old = F.interpolate(_official_sam(img, size)[0][None, :, :sam_resized_shape(*hw, size)[0],
+                                                        :sam_resized_shape(*hw, size)[1]], (size, size),
+                            mode="bilinear", align_corners=False)[0]
+        assert not torch.equal(inf, old)
+
+
+def test_square_paths_differ_and_need_a_name():
+    img = _image(600, 250, seed=3)
+    inf = sam_preprocess(img, 256, "square", pipeline="inference")[0]
+    ev = sam_preprocess(img, 256, "square", pipeline="eval")[0]
+    assert (inf - ev).abs().max() * 58 > 5  # shrinking: antialiased PIL vs plain bilinear, > 5 grey levels
+    with pytest.raises(ValueError, match="needs pipeline='inference'"):
+        sam_preprocess(img, 256, "square")
+    with pytest.raises(ValueError, match="pipeline='train'"):
+        sam_preprocess(img, 256, "pad", pipeline="train")
+    for pipeline in (None, "inference", "eval"):  # SAM-1: one official path
+        assert torch.equal(sam_preprocess(img, 256, "pad", pipeline=pipeline)[0], _official_sam(img, 256)[0])
