@@ -8,8 +8,9 @@ prompts through BEiT-3 and SAM's mask decoder as one batch.
     pred.logits       # (2, H, W) float32 (masks == logits > 0)
     pred.scores       # (2,) float32: SAM's predicted IoU of each mask
 
-Equivalent to the official EVF-SAM inference run once per prompt (same preprocessing, prompt
-wiring and post-processing), up to floating-point reordering from batching.
+Equivalent to the official EVF-SAM inference.py run once per prompt (same preprocessing -- its
+``sam_preprocess``, i.e. `sam_preprocess(..., pipeline="inference")` --, prompt wiring and
+post-processing), up to floating-point reordering from batching (tests/test_official_parity.py).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ class EvfSamPredictor:
         embedding (at ``model.sam_image_size``) and its BEiT-3 input (at ``model.beit_image_size``)."""
         m = self.model
         rgb = load_image(image)
-        sam_x, input_size = sam_preprocess(rgb, m.sam_image_size, m.resize_mode)  # (3, S, S), (h, w)
+        # official inference.py's preprocessing (square mode: the uint8 image interpolated to S x S)
+        sam_x, input_size = sam_preprocess(rgb, m.sam_image_size, m.resize_mode, pipeline="inference")  # (3, S, S)
         beit_x = beit3_preprocess(rgb, m.beit_image_size)  # (3, 224, 224)
         self.reset_image()
         self._embedding = m.encode_image(sam_x[None].to(device=m.device, dtype=m.dtype))  # (1, C, h, w) (SAM-2: tuple)

@@ -85,15 +85,15 @@ def test_predictor_uses_the_familys_preprocessing(family, tok_dir, image):
     assert out.logits.shape == (2, 37, 91) and out.masks.dtype == torch.bool
     # The same numbers by hand: the official sam_preprocess for this model_type, then the stages.
     s = model.sam_image_size
-    resized = torch.from_numpy(sam_resize(image, s)).permute(2, 0, 1).float()
     mean = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
     std = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
-    x = (resized - mean) / std
     if family == "sam":
+        x = (torch.from_numpy(sam_resize(image, s)).permute(2, 0, 1).float() - mean) / std
         x = F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
-    else:  # official "effi" / "sam2": bilinear stretch to S x S, no padding
-        x = F.interpolate(x[None], (s, s), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(sam_preprocess(image, s, model.resize_mode)[0], x)
+    else:  # official inference.py "effi" / "sam2": the uint8 image interpolated to S x S, then normalised
+        u8 = torch.from_numpy(image).permute(2, 0, 1).contiguous()[None]
+        x = (F.interpolate(u8, (s, s), mode="bilinear", align_corners=False)[0] - mean) / std
+    torch.testing.assert_close(sam_preprocess(image, s, model.resize_mode, pipeline="inference")[0], x)
     from evf_sam.tokenizer import load_tokenizer, tokenize
 
     ids, pad = tokenize(load_tokenizer(tok_dir), ["the big red circle on the left", "blue square"],
