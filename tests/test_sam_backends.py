@@ -238,7 +238,7 @@ def test_square_mode_training_samples_cover_the_whole_frame(tmp_path):
     assert max(a["input_size"]) == 64
     assert b["input_size"] == (64, 64)
     image = load_image(ReferDataset(tmp_path, "refcoco", "unc").image_path(b["image_id"]))
-    torch.testing.assert_close(b["sam_image"], sam_preprocess(image, 64, "square")[0])
+    torch.testing.assert_close(b["sam_image"], sam_preprocess(image, 64, "square", pipeline="eval")[0])
     # target = the padded-frame target's valid part, stretched back over the frame (nearest), ~equal
     h, w = a["input_size"]
     valid = a["masks"][0, :h, :w]

@@ -43,7 +43,7 @@ class EvalItem:
     image_path: str
     sam_image: Tensor  # (3, S, S) float32, SAM-normalised and zero-padded
     beit_image: Tensor  # (3, b, b) float32, BEiT-3 input
-    input_size: tuple[int, int]  # (h', w') resized before padding
+    input_size: tuple[int, int]  # (h', w') resized before padding ((S, S) in square mode)
     original_size: tuple[int, int]  # (H, W)
     sentences: list[str]  # (N,) lower-cased, stripped
     gt_masks: Tensor  # (N, H, W) bool, one per sentence (sentences of one ref share the mask)
@@ -125,7 +125,7 @@ class ReferEvalDataset(ImageEntriesDataset):
         meta = self.reader.images[image_id]
         if (int(meta["height"]), int(meta["width"])) != (h, w):
             raise ValueError(f"{path}: image is {h}x{w} but instances.json says {meta['height']}x{meta['width']}")
-        sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode)
+        sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode, pipeline="eval")  # official eval.py
         masks: dict[int, np.ndarray] = {}
         for _, ann_id, _, _ in exprs:
             if ann_id not in masks:
@@ -192,7 +192,7 @@ class SemanticEvalDataset(ImageEntriesDataset):
         if label.shape != (h, w):
             raise ValueError(f"{self.reader.labels[i]}: label map is {label.shape[0]}x{label.shape[1]} but its image "
                              f"{self.reader.images[i]} is {h}x{w}")
-        sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode)
+        sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode, pipeline="eval")  # official eval.py
         lab = torch.from_numpy(label)
         gt = torch.stack([lab == c for c in class_ids])  # (N, H, W) bool
         return SemanticEvalItem(

@@ -140,7 +140,8 @@ def make_train_sample(image: np.ndarray, masks: Sequence[np.ndarray], sentences:
 
     h, w = image.shape[:2]
     if with_sam_images:
-        sam, input_size = sam_preprocess(image, sam_size, resize_mode)
+        # official training datasets take eval.py's transform (utils/refer_seg_dataset.py: Resize for effi/sam2)
+        sam, input_size = sam_preprocess(image, sam_size, resize_mode, pipeline="eval")
     else:
         sam, input_size = torch.zeros(3, 0, 0), sam_resized_shape(h, w, sam_size)
     input_size = sam_valid_size(input_size, sam_size, resize_mode)  # the loss's region of the frame
@@ -177,7 +178,8 @@ class ReferTrainSource:
     def sam_image(self, key: ImageKey, sam_size: int) -> Tensor:
         from evf_sam.preprocess import load_image, sam_preprocess
 
-        return sam_preprocess(load_image(self.reader.image_path(key.image_id)), sam_size, self.resize_mode)[0]
+        image = load_image(self.reader.image_path(key.image_id))
+        return sam_preprocess(image, sam_size, self.resize_mode, pipeline="eval")[0]
 
     def sample(self, rng: np.random.Generator, *, sam_size: int, beit_size: int,
                with_sam_images: bool = True) -> TrainSample:
@@ -232,7 +234,8 @@ class SemanticTrainSource:
     def sam_image(self, key: ImageKey, sam_size: int) -> Tensor:
         from evf_sam.preprocess import sam_preprocess
 
-        return sam_preprocess(self.reader.read_image(self._index()[key.image_id]), sam_size, self.resize_mode)[0]
+        image = self.reader.read_image(self._index()[key.image_id])
+        return sam_preprocess(image, sam_size, self.resize_mode, pipeline="eval")[0]
 
     def expression(self, class_id: int) -> str:
         return self.prefix + self.reader.classes[class_id]
