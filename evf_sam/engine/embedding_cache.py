@@ -70,7 +70,7 @@ def cache_key(model: nn.Module, *, dtype: str = "float16", preprocess: dict | No
     mean = sam.pixel_mean.flatten().tolist() if hasattr(sam, "pixel_mean") else PIXEL_MEAN  # backends: SAM's
     std = sam.pixel_std.flatten().tolist() if hasattr(sam, "pixel_std") else PIXEL_STD
     default = {"resize": "longest_side", "pad": "bottom_right_zero"} if model.resize_mode == "pad" \
-        else {"resize": "longest_side", "then": "bilinear_to_square"}
+        else {"resize": "pil_bilinear_to_square"}  # = official eval.py (preprocess.py, pipeline="eval")
     meta = {
         "format": FORMAT_VERSION,
         "image_size": int(model.sam_image_size),
