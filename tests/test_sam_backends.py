@@ -217,6 +217,8 @@ def test_trainer_runs_the_square_resize_families(tmp_path, sam_variant, trainabl
     # SAM-2 with a trained mask decoder: the eval-mode stability fallback is recorded off
     want = False if (sam_variant == "sam2_tiny" and trainable == "enc_proj_mask") else None
     assert cfg.get("sam_stability_fallback") is want and model.config.sam_stability_fallback is want
+    # SAM-2 trains and evaluates with the best of 3 masks (official EVF-SAM2 forward()), EfficientSAM with one
+    assert cfg["multimask_output"] is model.config.multimask_output is (sam_variant == "sam2_tiny")
 
 
 def test_square_mode_training_samples_cover_the_whole_frame(tmp_path):
@@ -269,27 +271,46 @@ def test_trainable_groups_name_each_familys_prompt_encoder_and_mask_decoder(fami
         assert sam_trained == want, (family, f.stem, sam_trained)
 
 
-def test_sam2_stability_fallback_is_a_recorded_switch(tmp_path, tok_dir):
-    """On by default (official EVF-SAM2); off when set, which changes the eval-mode single mask only
-    where SAM-2 would swap in a multimask output; the choice survives save / load."""
+def test_sam2_mask_choice_defaults_and_switches(tmp_path, tok_dir):
+    """SAM-2 default: the best of the 3 multimask outputs by predicted IoU (official EVF-SAM2 inference()
+    and forward()), SAM-2's stability fallback off; multimask_output=False: the single mask as it is;
+    sam_stability_fallback=True: build_sam2's fallback for that single mask. Choices survive save / load.
+    (tests/test_official_parity.py checks the default against the official code on weights where the
+    fallback and the best of 3 differ.)"""
     model = build_tiny_model(seed=5, sam_variant="sam2_tiny").eval()
-    assert model.sam.sam_mask_decoder.dynamic_multimask_via_stability is True
+    assert model.config.multimask_output is True and model.config.sam_stability_fallback is None
+    assert model.sam.sam_mask_decoder.dynamic_multimask_via_stability is False
+    assert EvfSamConfig(sam_variant="tiny").multimask_output is False  # SAM-1 / EfficientSAM: single mask
+    assert EvfSamConfig(sam_variant="efficient_sam_tiny").multimask_output is False
     inputs = tiny_inputs(model, n_prompts=4)
+    idx = inputs["image_index"]
     with torch.no_grad():
-        on, _ = model(**inputs)
-        model.set_sam_stability_fallback(False)
-        off, _ = model(**inputs)
-        multi = model.decode_masks(model.encode_image(inputs["sam_images"]),
-                                   model.encode_prompts(inputs["beit_images"][inputs["image_index"]],
-                                                        inputs["text_ids"], inputs["text_padding_mask"]),
-                                   inputs["image_index"], multimask_output=False)[0]
-    torch.testing.assert_close(off, multi)
-    # random toy weights: the stability score is low, so "on" returned another (multimask) output
-    assert not torch.equal(on, off)
+        default, _ = model(**inputs)
+        emb = model.encode_image(inputs["sam_images"])
+        prompts = model.encode_prompts(inputs["beit_images"][idx], inputs["text_ids"], inputs["text_padding_mask"])
+        best3 = model.decode_masks(emb, prompts, idx, multimask_output=True)[0]
+        single = model.decode_masks(emb, prompts, idx, multimask_output=False)[0]
+        tokens = model.sam.sam_mask_decoder(  # all 4 mask tokens, no selection
+            image_embeddings=emb[0][idx], image_pe=model.sam.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=prompts, dense_prompt_embeddings=model.sam.sam_prompt_encoder.no_mask_embed
+            .weight.reshape(1, -1, 1, 1).expand(4, -1, *emb[0].shape[-2:]), multimask_output=True,
+            repeat_image=False, high_res_features=[emb[1][idx], emb[2][idx]])
+        model.set_sam_stability_fallback(True)
+        fallback = model.decode_masks(emb, prompts, idx, multimask_output=False)[0]
+    torch.testing.assert_close(default, best3)
+    multi, iou = tokens[0], tokens[1]  # (N, 3, h, w), (N, 3): SAM-2 returns the multimask outputs only
+    torch.testing.assert_close(best3, multi.gather(1, iou.argmax(1)[:, None, None, None].expand(-1, 1, *multi.shape[2:])))
+    assert not torch.equal(single, best3)
+    for i in range(4):  # the fallback keeps the single mask or swaps in the best of 3 (toy weights: unstable)
+        assert torch.equal(fallback[i], single[i]) or torch.equal(fallback[i], best3[i])
+    assert not torch.equal(fallback, single)
+    model.config.multimask_output = False
     d = write_official_checkpoint(tmp_path / "ckpt", model, tok_dir, dtype=torch.float32, fmt="safetensors")
-    assert json.loads((d / "config.json").read_text())["sam_stability_fallback"] is False
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["sam_stability_fallback"] is True and cfg["multimask_output"] is False
     loaded = EvfSam.from_pretrained(d)
-    assert loaded.sam.sam_mask_decoder.dynamic_multimask_via_stability is False
+    assert loaded.sam.sam_mask_decoder.dynamic_multimask_via_stability is True
+    assert loaded.config.multimask_output is False
     with pytest.raises(ValueError, match="SAM-2 only"):
         EvfSamConfig(sam_variant="tiny", sam_stability_fallback=False)
 

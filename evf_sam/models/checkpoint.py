@@ -285,7 +285,7 @@ def config_from_official(cfg: Mapping[str, Any], *, source: str = CONFIG_FILE) -
         encoder=encoder,
         encoder_overrides=dict(cfg.get("encoder_overrides") or {}),
         out_dim=None,  # derived from SAM; config.json's out_dim is checked against model and weights
-        multimask_output=bool(cfg.get("multimask_output", False)),
+        multimask_output=cfg.get("multimask_output"),  # absent from official files: the family's official choice
         sam_stability_fallback=cfg.get("sam_stability_fallback"),
         # Ablation axes: absent from official files, whose defaults they are.
         fusion=cfg.get("fusion", "early"),

@@ -41,16 +41,20 @@ class EvfSamConfig:
     encoder: str = "beit3_large"  # models/encoders.py; official "mm_extractor_scale": large/base <-> beit3_large/base
     encoder_overrides: dict[str, Any] = field(default_factory=dict)  # BEiT3Config fields / CLIP, ViLT config kwargs
     out_dim: int | None = None  # projector output = SAM prompt embed dim; None = derive from SAM (256 for vit_*)
-    multimask_output: bool = False  # default of decode_masks: True keeps the best of 3 masks by predicted IoU
+    # Default of decode_masks (so of prediction, evaluation and training). True: SAM's 3 multimask outputs, the
+    # best by predicted IoU; False: the single-mask output. None = the family's official choice: True for SAM-2
+    # (EVF-SAM2's inference() and forward() use multimask_output=True), False for SAM and EfficientSAM.
+    multimask_output: bool | None = None
     # Ablation axes (paper Tab. 1, 3, 5); the defaults are the official model.
     fusion: str = "early"  # "text" | "late" | "early" | "early_k" (see models/encoders.py)
     feature: str | None = None  # "image_cls" | "text_cls" | "image_avg" | "concat"; None = the fusion's default
     fused_layers: int | None = None  # K for fusion="early_k": cross-modal attention in layers 1..K only
     encoder_path: str | None = None  # CLIP / ViLT: local transformers directory with pretrained weights
     # SAM-2 only: its mask decoder's eval-mode "dynamic multimask via stability" fallback (a single mask
-    # with stability < 0.98 is replaced by the best multimask output). None = SAM-2's default, on, as
-    # the official EVF-SAM2 (SAM-2 frozen). The trainer turns it off when it trains SAM-2's mask
-    # decoder, whose multimask outputs the loss never supervises.
+    # with stability < 0.98 is replaced by the best multimask output), i.e. build_sam2's postprocessing. It
+    # only acts when multimask_output is False, which the official EVF-SAM2 never uses. None = off: the
+    # single-mask alternative is the single mask (the loss never supervises the multimask outputs / IoU
+    # head); True reproduces the official code called with multimask_output=False.
     sam_stability_fallback: bool | None = None
     # SAM-1 image encoder implementation, same weights and names: "reference" (segment-anything's
     # ImageEncoderViT) or "fast" (models/sam_encoder.py: SDPA; precision / compile are set at run time
@@ -70,6 +74,8 @@ class EvfSamConfig:
             raise ValueError(f"sam_stability_fallback={self.sam_stability_fallback} applies to SAM-2 only, "
                              f"not sam_variant={self.sam_variant!r}; leave it None")
         self.encoder_overrides = dict(self.encoder_overrides or {})
+        if self.multimask_output is None:
+            self.multimask_output = sam_family(self.sam_variant) == "sam2"
 
     def is_official_encoder(self) -> bool:
         """True for the paper's model: BEiT-3, early fusion in every layer, vision [CLS] feature."""
@@ -334,6 +340,6 @@ def build_evf_sam(config: EvfSamConfig, *, sam_checkpoint: str | Path | None = N
     projector = Projector(_encoder_width(encoder), prompt_dim)
     sam.image_encoder.requires_grad_(False)
     model = EvfSam(encoder=encoder, projector=projector, sam=sam, config=config).eval()
-    if config.sam_stability_fallback is not None:
-        model.set_sam_stability_fallback(config.sam_stability_fallback)
+    if sam_family(config.sam_variant) == "sam2":  # None = off (see EvfSamConfig); the backend is built with it on
+        model.sam.sam_mask_decoder.dynamic_multimask_via_stability = bool(config.sam_stability_fallback)
     return model

@@ -17,6 +17,9 @@ of hustvl/EVF-SAM ``model/evf_sam2.py`` (``EvfSam2Model``):
   ``dynamic_multimask_via_stability`` (delta 0.05, threshold 0.98): in eval mode with
   ``multimask_output=False`` a single mask whose stability score is below 0.98 is replaced by the
   best of the 3 multimask outputs. `Sam2Arch.dynamic_multimask_via_stability` switches it off.
+  `EvfSam` predicts, evaluates and trains EVF-SAM2 with ``multimask_output=True`` by default (the
+  official ``inference()`` and ``forward()``), where the fallback never acts, and turns it off unless
+  ``EvfSamConfig.sam_stability_fallback`` is True.
 * image: ``forward_image`` (Hiera + FPN neck, ``conv_s0`` / ``conv_s1`` of the mask decoder on the
   two high-resolution levels) -> ``_prepare_backbone_features`` -> features cast to the input dtype
   -> ``no_mem_embed`` added to the last level (``directly_add_no_mem_embed``) -> image embedding
