@@ -70,8 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="model precision (fp16 needs CUDA; default fp32)")
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="auto = cuda if available, else cpu")
-    pr.add_argument("--multimask", action="store_true",
-                    help="predict SAM's 3 masks and keep the best by predicted IoU (default: single mask)")
+    pr.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
+                    help="--multimask: SAM's 3 masks, the best by predicted IoU; --no-multimask: the single mask "
+                         "(default: the checkpoint's choice, i.e. the official one: best of 3 for EVF-SAM2, single "
+                         "mask otherwise)")
     de = sub.add_parser("demo", help="web demo in the browser (Gradio)",
                         description="Serve a page to upload an image, type prompts (one per line) and see and "
                                     "download the masks. Needs gradio (pip install 'evf-sam[demo]').")
@@ -264,12 +266,13 @@ def _predict(args: argparse.Namespace) -> int:
     out = args.output
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.resolve().name}.tmp-", dir=out.resolve().parent))
     try:
-        records = _run(predictor, jobs, tmp, multimask=args.multimask)
+        multimask = predictor.model.config.multimask_output if args.multimask is None else bool(args.multimask)
+        records = _run(predictor, jobs, tmp, multimask=multimask)
         summary = {
             "checkpoint": str(args.checkpoint),
             "device": str(device),
             "precision": args.precision,
-            "multimask_output": bool(args.multimask),
+            "multimask_output": bool(multimask),
             "predictions": records,
         }
         (tmp / RESULTS_FILE).write_text(json.dumps(summary, indent=2) + "\n")

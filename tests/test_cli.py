@@ -132,3 +132,17 @@ def test_failure_leaves_existing_output_untouched(ckpt, images, tmp_path, capsys
     (out / "keep.txt").write_text("mine")
     rc = _predict(ckpt, out, "--image", str(tmp_path / "nope.png"), "--prompt", "x")
     assert rc == 2 and [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_mask_choice_follows_the_checkpoint_unless_given(tmp_path, images):
+    """Default: the checkpoint's multimask_output (official: best of 3 for EVF-SAM2, single mask otherwise)."""
+    tok = make_tokenizer(tmp_path / "tok")
+    sam2 = write_official_checkpoint(tmp_path / "sam2", build_tiny_model(seed=0, sam_variant="sam2_tiny"), tok)
+    predictor = EvfSamPredictor.from_pretrained(sam2)
+    for extra, multimask in (((), True), (("--no-multimask",), False), (("--multimask",), True)):
+        out = tmp_path / f"out{len(extra)}{multimask}"
+        assert _predict(sam2, out, "--image", str(images[0]), "--prompt", PROMPTS[0], *extra) == 0
+        summary = json.loads((out / "predictions.json").read_text())
+        assert summary["multimask_output"] is multimask
+        want = predictor(str(images[0]), PROMPTS[:1], multimask_output=multimask).masks[0].numpy()
+        assert np.array_equal(np.asarray(Image.open(out / summary["predictions"][0]["mask"])) == 255, want)
