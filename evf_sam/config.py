@@ -61,7 +61,7 @@ class ModelConfig:
     feature: Optional[str] = MISSING  # ${feature.value}
     encoder_path: Optional[str] = MISSING  # CLIP / ViLT transformers directory
     encoder_overrides: Dict[str, Any] = MISSING  # BEiT3Config / encoder field overrides
-    multimask_output: bool = MISSING
+    multimask_output: Optional[bool] = MISSING  # None: the family's official choice (best of 3 for SAM-2)
     sam_stability_fallback: Optional[bool] = MISSING
     sam_checkpoint: Optional[str] = MISSING
     encoder_checkpoint: Optional[str] = MISSING
