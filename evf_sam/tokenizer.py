@@ -178,11 +178,22 @@ class XlmrTokenizer:
         ids = [self._token_to_id(t) for t in self.tokenize(text)]
         return [self.cls_token_id, *ids, self.sep_token_id] if add_special_tokens else ids
 
-    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True) -> dict[str, list]:
-        """``{"input_ids": ids}`` for a string, ``{"input_ids": [ids, ...]}`` for a list of strings."""
-        if isinstance(text, str):
-            return {"input_ids": self.encode(text, add_special_tokens)}
-        return {"input_ids": [self.encode(t, add_special_tokens) for t in text]}
+    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True,
+                 return_tensors: str | None = None) -> dict[str, list | Tensor]:
+        """``{"input_ids": ids}`` for a string, ``{"input_ids": [ids, ...]}`` for a list of strings;
+        ``return_tensors="pt"``: a (1, T) / (N, T) long tensor (as the official ``tokenizer(prompt,
+        return_tensors="pt")``; no padding, so a list needs equal lengths: use `tokenize` to pad)."""
+        ids = self.encode(text, add_special_tokens) if isinstance(text, str) else \
+            [self.encode(t, add_special_tokens) for t in text]
+        if return_tensors is None:
+            return {"input_ids": ids}
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors={return_tensors!r}; only 'pt' (torch) is supported")
+        rows = [ids] if isinstance(text, str) else ids
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError("return_tensors='pt' needs sequences of one length (no padding here); use "
+                             "evf_sam.tokenizer.tokenize(tokenizer, prompts, max_length) for a padded batch")
+        return {"input_ids": torch.tensor(rows, dtype=torch.long)}
 
     def __repr__(self) -> str:
         return (f"XlmrTokenizer({self.name_or_path!r}, pieces={self.sp_model.get_piece_size()}, "

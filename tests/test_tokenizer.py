@@ -120,3 +120,11 @@ def test_bad_spm_layout_is_refused(tmp_path):
     (d / "sentencepiece.bpe.model").write_bytes(buf.getvalue())
     with pytest.raises(ValueError, match="XLM-R tokenizer needs"):
         load_tokenizer(d)
+
+
+def test_return_tensors_like_the_official_call(tok):
+    ids = tok("the red circle", return_tensors="pt")["input_ids"]  # official inference.py
+    assert ids.dtype == torch.long and ids.tolist() == [tok("the red circle")["input_ids"]]
+    assert tok(["star", "star"], return_tensors="pt")["input_ids"].shape[0] == 2
+    with pytest.raises(ValueError, match="one length"):
+        tok(["star", "the red circle"], return_tensors="pt")
