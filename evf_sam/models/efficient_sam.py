@@ -445,7 +445,7 @@ class EfficientSam(nn.Module):
         arch: `EfficientSamArch`
     """
 
-    resize_mode: str = "square"  # ResizeLongestSide(S) then stretched to S x S (no padding)
+    resize_mode: str = "square"  # the image stretched to S x S, no padding (preprocess.py, pipeline=...)
     mask_threshold: float = 0.0
 
     def __init__(self, arch: EfficientSamArch) -> None:
@@ -521,8 +521,8 @@ class EfficientSam(nn.Module):
 
     def postprocess_masks(self, low_res: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
         """Official EVF-Effi-SAM post-processing: bilinear (align_corners=False) from (4h, 4w) straight to
-        ``original_size``. ``input_size`` (the ResizeLongestSide shape) is unused: the input was stretched to
-        S x S, not padded, so there is nothing to crop.
+        ``original_size``. ``input_size`` is unused: the input was stretched to S x S, not padded, so there
+        is nothing to crop.
 
         low_res: (N, 1, 4h, 4w) -> (N, 1, H, W) logits (mask = logits > 0), in low_res's dtype
         """

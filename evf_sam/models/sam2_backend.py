@@ -30,7 +30,7 @@ of hustvl/EVF-SAM ``model/evf_sam2.py`` (``EvfSam2Model``):
 * ``sam_mask_decoder(..., repeat_image=True, high_res_features=...)``; multimask output keeps the
   mask with the highest predicted IoU; the object-score head's output is not used.
 * post-processing: ``F.interpolate(low_res.float(), original_size, "bilinear", align_corners=False)``
-  straight to the original size (the SAM-2 input is the resized image stretched to S x S, no padding).
+  straight to the original size (the SAM-2 input is the image stretched to S x S, no padding).
 
 State-dict names are exactly ``SAM2Base``'s (``image_encoder.trunk.*``, ``image_encoder.neck.*``,
 ``sam_prompt_encoder.*``, ``sam_mask_decoder.*``, ``memory_attention.*``, ``memory_encoder.*``,
@@ -307,7 +307,7 @@ class _Sam2BackendMixin:
     def encode_image(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``forward_image`` + ``_prepare_backbone_features`` + ``no_mem_embed`` (official EVF-SAM2).
 
-        images: (B, 3, S, S) normalised, resized and stretched to S x S
+        images: (B, 3, S, S) normalised, stretched to S x S
         -> (image_embed (B, C, h, w), high_res_0 (B, C/8, 4h, 4w), high_res_1 (B, C/4, 2h, 2w))
 
         The Hiera + FPN image encoder runs without autograd when its parameters are frozen; the

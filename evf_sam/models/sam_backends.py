@@ -16,7 +16,7 @@ keeps frozen. All three (`sam.SamBackend`, a segment-anything ``Sam`` subclass;
 `efficient_sam.EfficientSam`; `sam2_backend.Sam2Backend`, a ``SAM2Base`` subclass) implement the
 protocol below, and `EvfSam` only ever calls it:
 
-    resize_mode: str                       # "pad" (SAM-1) | "square" (EfficientSAM, SAM-2)
+    resize_mode: str                       # "pad" (SAM-1: zero padding) | "square" (EfficientSAM, SAM-2: stretched to S x S)
     image_size: int                        # S
     prompt_dim: int                        # C, the projector's output width
     image_embedding_size: tuple[int, int]  # (h, w)
@@ -25,9 +25,9 @@ protocol below, and `EvfSam` only ever calls it:
         -> low-res logits (N, 1, h', w'), predicted IoU (N, 1)
     postprocess_masks(low_res, input_size, original_size) -> (N, 1, H, W) logits
 
-Preprocessing follows the official ``sam_preprocess``: "pad" (SAM-1) zero-pads the resized image
-to S x S; "square" (EfficientSAM, SAM-2) bilinearly stretches the normalised resized image to
-S x S (hustvl/EVF-SAM inference.py, ``model_type`` "effi" / "sam2").
+Preprocessing (evf_sam/preprocess.py) follows the official code: "pad" (SAM-1) zero-pads the
+resized image to S x S; "square" (EfficientSAM, SAM-2; hustvl/EVF-SAM ``model_type`` "effi" / "sam2")
+stretches the image straight to S x S, as inference.py (predictor) or eval.py (evaluation, training).
 """
 
 from __future__ import annotations
