@@ -202,6 +202,7 @@ def test_clip_and_vilt_load_from_a_local_pretrained_dir(tmp_path):
     vilt = _build("vilt_tiny", "early")
     vilt.model.save_pretrained(tmp_path / "vilt")
     again = build_prompt_encoder("vilt_tiny", fusion="early", pretrained=tmp_path / "vilt")
+    assert list(vilt.state_dict()) == list(again.state_dict())
     for (k, a), (k2, b) in zip(vilt.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
 

@@ -89,6 +89,7 @@ def test_save_pretrained_round_trip_is_exact(tmp_path, model, tok_dir):
     assert (d / "model.safetensors").is_file() and not (d / "pytorch_model.bin").exists()
     loaded = EvfSam.from_pretrained(d)
     assert loaded.config == model.config
+    assert list(model.state_dict()) == list(loaded.state_dict())  # zip alone would hide a missing tensor
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
     assert all(torch.equal(a, b) for a, b in zip(_outputs(model), _outputs(loaded)))
@@ -259,3 +260,22 @@ def test_build_from_sam_and_beit3_pth(tmp_path, model):
     with pytest.raises(FileNotFoundError, match="BEiT-3 checkpoint not found"):
         build_evf_sam(model.config, encoder_checkpoint=tmp_path / "missing_beit.pth")
     assert os.path.exists(beit_pth)
+
+
+@pytest.mark.parametrize("encoder, fusion", [("clip_tiny", "late"), ("vilt_tiny", "early")])
+def test_transformers_encoders_round_trip(tmp_path, encoder, fusion):
+    """CLIP / ViLT keep ``position_ids`` (and ViLT ``token_type_ids``) as non-persistent buffers that
+    save_pretrained never writes; loading must rebuild them, not fail (Tab. 1/3 rows save and reload)."""
+    torch.manual_seed(0)
+    model = build_evf_sam(EvfSamConfig(sam_variant="tiny", encoder=encoder, fusion=fusion)).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    again = EvfSam.from_pretrained(tmp_path / "ckpt")
+    before, after = model.state_dict(), again.state_dict()
+    assert list(before) == list(after)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    buffers = {n: b for n, b in again.named_buffers() if n.endswith(("position_ids", "token_type_ids"))}
+    assert buffers, "the encoder should hold its embeddings' index buffers"
+    for name, buf in buffers.items():
+        expected = torch.zeros_like(buf) if name.endswith("token_type_ids") else torch.arange(buf.shape[-1]).expand_as(buf)
+        assert torch.equal(buf, expected), name

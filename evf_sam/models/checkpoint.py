@@ -399,7 +399,8 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32,
 
 
 def _materialise_meta(model: nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
-    """Non-persistent buffers (``sam.pixel_mean`` / ``pixel_std``) are not in the files: rebuild them.
+    """Non-persistent buffers (``sam.pixel_mean`` / ``pixel_std``, the CLIP / ViLT embeddings'
+    ``position_ids`` and ViLT's ``token_type_ids``) are not in the files: rebuild them.
     (EfficientSAM and SAM-2 have no non-persistent buffers; every buffer of theirs is in the file.)"""
     consts = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
     for mod_name, mod in model.named_modules():
@@ -407,9 +408,16 @@ def _materialise_meta(model: nn.Module, device: str | torch.device, dtype: torch
             if buf is None:
                 continue
             if buf.is_meta:
-                if name not in consts:
+                if name in consts:
+                    buf = torch.tensor(consts[name], dtype=torch.float32).view(-1, 1, 1)
+                elif name == "position_ids":
+                    # transformers' text/vision embeddings (CLIP, ViLT) register ``arange(max_positions)``
+                    # as a non-persistent buffer, so save_pretrained never writes it.
+                    buf = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+                elif name == "token_type_ids":  # ViLT's BERT text embeddings: zeros, also non-persistent
+                    buf = torch.zeros(buf.shape, dtype=torch.long)
+                else:
                     raise RuntimeError(f"buffer {mod_name}.{name} is neither in the checkpoint nor a known constant")
-                buf = torch.tensor(consts[name], dtype=torch.float32).view(-1, 1, 1)
             mod._buffers[name] = buf.to(device=device, dtype=dtype if buf.is_floating_point() else None)
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
