@@ -115,8 +115,10 @@ def test_official_checkpoint_round_trip(family, tmp_path, tok_dir):
     loaded = EvfSam.from_pretrained(d)
     assert loaded.config.sam_variant == TINY[family] and type(loaded.sam) is type(model.sam)
     assert not any(p.requires_grad for p in loaded.sam.image_encoder.parameters())
+    assert list(model.state_dict()) == list(loaded.state_dict())
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
+    assert [k for k, _ in model.named_buffers()] == [k for k, _ in loaded.named_buffers()]
     for (k, a), (k2, b) in zip(model.named_buffers(), loaded.named_buffers()):  # incl. non-persistent ones
         assert k == k2 and torch.equal(a, b), k
     inputs = tiny_inputs(model)
@@ -236,16 +238,16 @@ def test_square_mode_training_samples_cover_the_whole_frame(tmp_path):
     pad = ReferTrainDataset(tmp_path, src, **common)
     square = ReferTrainDataset(tmp_path, src, resize_mode="square", **common)
     a, b = pad[0], square[0]
-    assert a["image_id"] == b["image_id"] and a["sentences"] == b["sentences"]
-    assert max(a["input_size"]) == 64
-    assert b["input_size"] == (64, 64)
-    image = load_image(ReferDataset(tmp_path, "refcoco", "unc").image_path(b["image_id"]))
-    torch.testing.assert_close(b["sam_image"], sam_preprocess(image, 64, "square", pipeline="eval")[0])
+    assert a.image_id == b.image_id and a.sentences == b.sentences
+    assert max(a.input_size) == 64
+    assert b.input_size == (64, 64)
+    image = load_image(ReferDataset(tmp_path, "refcoco", "unc").image_path(b.image_id))
+    torch.testing.assert_close(b.sam_image, sam_preprocess(image, 64, "square", pipeline="eval")[0])
     # target = the padded-frame target's valid part, stretched back over the frame (nearest), ~equal
-    h, w = a["input_size"]
-    valid = a["masks"][0, :h, :w]
+    h, w = a.input_size
+    valid = a.masks[0, :h, :w]
     stretched = F.interpolate(valid[None, None], (64, 64), mode="nearest-exact")[0, 0]
-    assert (stretched != b["masks"][0]).float().mean() < 0.05 and b["masks"][0].sum() > 0
+    assert (stretched != b.masks[0]).float().mean() < 0.05 and b.masks[0].sum() > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)

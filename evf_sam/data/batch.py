@@ -52,13 +52,6 @@ class TrainSample:
         """The image's id in its source (``image_key.image_id``): e.g. the REFER / COCO image id."""
         return self.image_key.image_id
 
-    def __getitem__(self, name: str) -> Any:
-        """Read access by field name (``sample["masks"]``), as for the per-sample dicts this record
-        replaced; new code reads the attributes."""
-        if name == "image_id" or name in self.__dataclass_fields__:
-            return getattr(self, name)
-        raise KeyError(name)
-
 
 @dataclass
 class Batch:
