@@ -50,6 +50,7 @@ def check_prompt(prompt: object, where: str = "") -> str:
     if is_blank(prompt):
         detail = "" if not prompt else (
             " (only whitespace)" if prompt.isspace() else
-            f" (only invisible characters: {', '.join(f'U+{ord(c):04X}' for c in dict.fromkeys(prompt))})")
+            f" (only invisible characters: "
+            f"{', '.join(f'U+{ord(c):04X}' for c in dict.fromkeys(prompt) if not c.isspace())})")
         raise EmptyPromptError(f"{label} is empty{detail}; every prompt needs visible text")
     return prompt.strip()

@@ -70,7 +70,9 @@ def load_torch_file(path: str | Path, *, mmap: bool = False) -> Any:
                 "(torch.save(model.state_dict(), ...)) and load that") from None
         raise CheckpointFileError(path, f"not a readable PyTorch file, truncated or corrupt ({_first_line(e)})",
                                   _REDOWNLOAD) from e
-    except (RuntimeError, EOFError, ValueError) as e:  # truncated zip, garbage bytes, empty file
+    except OSError:  # missing file, permissions: the caller's message is better
+        raise
+    except Exception as e:  # truncated zip, garbage bytes (KeyError, EOFError, ...), empty file
         raise CheckpointFileError(path, f"not a readable PyTorch file, truncated or corrupt ({_first_line(e)})",
                                   _REDOWNLOAD) from e
 
