@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "default_file_mode", "default_dir_mode"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "default_dir_mode", "default_file_mode"]
 
 
 def _umask() -> int:

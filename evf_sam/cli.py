@@ -43,7 +43,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 __all__ = ["CliError", "main"]
 

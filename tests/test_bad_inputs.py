@@ -280,12 +280,12 @@ def _truncate_refs(root):
 
 
 DATA_CASES = [
-    ("missing-split", dict(splits=("train", "val", "testA")), ["refcoco|unc|testB: split missing"]),
-    ("empty-split", dict(sentences=False), ["refcoco|unc|val: split has no sentences"]),
-    ("zero-refs", dict(n_refs=0), ["refs(unc).p holds no refs"]),
-    ("not-an-image", dict(bad_image=True), ["refcoco|unc|val: 1 of 1 image files are not images",
+    ("missing-split", {"splits": ("train", "val", "testA")}, ["refcoco|unc|testB: split missing"]),
+    ("empty-split", {"sentences": False}, ["refcoco|unc|val: split has no sentences"]),
+    ("zero-refs", {"n_refs": 0}, ["refs(unc).p holds no refs"]),
+    ("not-an-image", {"bad_image": True}, ["refcoco|unc|val: 1 of 1 image files are not images",
                                             "COCO_train2014_000000000002.jpg"]),
-    ("only-degenerate-polygons", dict(segmentation=[[2, 2, 20, 2]]),
+    ("only-degenerate-polygons", {"segmentation": [[2, 2, 20, 2]]},
      ["refcoco|unc|val: split has only refs without a usable polygon"]),
 ]
 
