@@ -349,6 +349,10 @@ def test_degenerate_polygons_are_counted_warned_and_skipped(tmp_path, capsys):
     with pytest.raises(ValueError, match="no split 'testA'"):
         r.split_refs("testA")  # its only ref was skipped
     assert len(r.refs) == 4  # the file's refs are all still there (evaluation images stay out of training)
+    from evf_sam.data.train_dataset import _eval_image_ids, _train_sentences
+
+    assert _train_sentences(r, "testA") == {} and _train_sentences(r, "train") == {1: [(10, "thing 0")]}
+    assert sorted(_eval_image_ids(r)) == [2, 3, 4]  # testA's image (3) still kept out of training
     rc, out = _check(base, capsys)
     assert rc == 1 and "refcoco|unc|testA: split has only refs without a usable polygon" in out
     assert "3 polygon part(s) of < 3 points" in out and "refs skipped (polygons of < 3 points) 1" in out
