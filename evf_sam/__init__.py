@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["EvfSam", "EvfSamConfig", "EvfSamPredictor", "Prediction", "build_evf_sam", "__version__"]
+__all__ = ["CheckpointFileError", "EvfSam", "EvfSamConfig", "EvfSamPredictor", "Prediction", "build_evf_sam", "__version__"]
 
 # Imported on first use: `import evf_sam` stays light (no torch / segment_anything until needed),
 # and evf_sam.predictor can import evf_sam.models without a cycle.
@@ -20,6 +20,7 @@ _LAZY = {
     "build_evf_sam": "evf_sam.models.evf_sam",
     "EvfSamPredictor": "evf_sam.predictor",
     "Prediction": "evf_sam.predictor",
+    "CheckpointFileError": "evf_sam.models.state_dict",
 }
 
 

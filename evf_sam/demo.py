@@ -51,8 +51,11 @@ def _no_telemetry() -> None:
 
 
 def parse_prompts(text: str | None) -> list[str]:
-    """One prompt per non-empty line, stripped. Raises ValueError for none or more than `MAX_PROMPTS`."""
-    prompts = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    """One prompt per line with visible text (`evf_sam.prompts.is_blank`), stripped. Raises ValueError for none or more than `MAX_PROMPTS`."""
+    from evf_sam.prompts import is_blank
+
+    # a line of only invisible characters (U+200B, U+FEFF, ...) is as empty as a blank line
+    prompts = [line.strip() for line in (text or "").splitlines() if not is_blank(line)]
     if not prompts:
         raise ValueError("type at least one prompt (one per line)")
     if len(prompts) > MAX_PROMPTS:

@@ -77,6 +77,7 @@ class EvfSamPredictor:
         self._beit_image: Tensor | None = None  # (1, 3, 224, 224)
         self.input_size: tuple[int, int] | None = None  # resized (h, w) before padding
         self.original_size: tuple[int, int] | None = None  # (H, W)
+        self._failed_image: str | None = None  # set_image's input while it runs / after it failed
 
     @property
     def is_image_set(self) -> bool:
@@ -87,15 +88,21 @@ class EvfSamPredictor:
         """Reads the image (path / PIL / array, see `load_image`), computes its SAM image
         embedding (at ``model.sam_image_size``) and its BEiT-3 input (at ``model.beit_image_size``)."""
         m = self.model
+        # Forget the previous image first: if anything below fails, predict() raises instead of
+        # silently segmenting the previous image.
+        self.reset_image()
+        self._failed_image = _describe(image)
         rgb = load_image(image)
         # official inference.py's preprocessing (square mode: the uint8 image interpolated to S x S)
         sam_x, input_size = sam_preprocess(rgb, m.sam_image_size, m.resize_mode, pipeline="inference")  # (3, S, S)
         beit_x = beit3_preprocess(rgb, m.beit_image_size)  # (3, 224, 224)
-        self.reset_image()
-        self._embedding = m.encode_image(sam_x[None].to(device=m.device, dtype=m.dtype))  # (1, C, h, w) (SAM-2: tuple)
-        self._beit_image = beit_x[None].to(device=m.device, dtype=m.dtype)
+        embedding = m.encode_image(sam_x[None].to(device=m.device, dtype=m.dtype))  # (1, C, h, w) (SAM-2: tuple)
+        beit_image = beit_x[None].to(device=m.device, dtype=m.dtype)
+        # only now, with everything computed, does the predictor hold the new image
+        self._embedding, self._beit_image = embedding, beit_image
         self.input_size = input_size
         self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        self._failed_image = None
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -105,23 +112,25 @@ class EvfSamPredictor:
 
         Prompts are stripped of surrounding whitespace and otherwise used as given: the official
         EVF-SAM inference does not lower-case them (its evaluation script does; lower-case them
-        yourself to match it). An empty prompt raises ValueError.
+        yourself to match it). A prompt with no visible character (empty, whitespace, only
+        zero-width characters such as U+200B) raises `evf_sam.prompts.EmptyPromptError` (a ValueError).
 
         multimask_output: None = ``model.config.multimask_output`` (False for the official SAM-1
             models); True keeps the best of SAM's 3 masks by predicted IoU.
         """
         if not self.is_image_set:
+            if self._failed_image is not None:
+                raise RuntimeError(f"no image set: the last set_image({self._failed_image}) failed, and the image "
+                                   f"before it was cleared; call set_image with a readable image before predict")
             raise RuntimeError("no image set: call predictor.set_image(image) before predict(prompts)")
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = [p.strip() if isinstance(p, str) else p for p in prompts]
         if not prompts:
             raise ValueError("predict needs at least one prompt")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise TypeError(f"prompt {i} is a {type(p).__name__}, not a string")
-            if not p:
-                raise ValueError(f"prompt {i} is empty; every prompt needs text")
+        from evf_sam.prompts import check_prompt
+
+        prompts = [check_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
         m = self.model
         ids, pad = _tokenize(m, self.tokenizer, prompts)  # (N, T), (N, T)
         n = len(prompts)
@@ -139,6 +148,14 @@ class EvfSamPredictor:
         """set_image(image) + predict(prompts)."""
         self.set_image(image)
         return self.predict(prompts, multimask_output)
+
+
+def _describe(image: Any) -> str:
+    """Short name of a set_image input for messages."""
+    if isinstance(image, (str, Path)):
+        return repr(str(image))
+    shape = getattr(image, "shape", None) or getattr(image, "size", None)
+    return f"<{type(image).__name__} {tuple(shape) if shape is not None else ''}>".replace(" >", ">")
 
 
 def _encoder_name(model: EvfSam) -> str:

@@ -302,7 +302,8 @@ def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[Tensor
 
     Returns ids (N, T) long and padding_mask (N, T) bool (True = pad). A prompt longer than
     ``max_length`` tokens is truncated to ``max_length`` (keeping the final ``</s>``) with a
-    warning naming it. An empty or whitespace-only prompt raises ValueError naming its index.
+    warning naming it. A prompt with no visible character (empty, whitespace, zero-width characters;
+    `evf_sam.prompts.is_blank`) raises ValueError naming its index.
     Prompts are used as given (evaluation lower-cases and strips them before calling this).
     """
     if isinstance(prompts, str):
@@ -312,9 +313,10 @@ def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[Tensor
         raise ValueError("no prompts to tokenize")
     if max_length < 3:
         raise ValueError(f"max_length={max_length}: needs room for <s>, one token and </s>")
+    from evf_sam.prompts import check_prompt
+
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompt {i} is empty ({p!r}); every prompt needs text")
+        check_prompt(p, f"prompt {i}")
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     rows = []
     for i, p in enumerate(prompts):

@@ -11,7 +11,9 @@ from PIL import Image
 
 from evf_sam.cli import main
 from evf_sam.predictor import EvfSamPredictor
+from evf_sam.rle import decode_rle
 from evf_sam.testing import build_tiny_model, make_tokenizer, write_official_checkpoint
+from evf_sam.visualize import render_masks
 
 PROMPTS = ["the big red circle on the left", "a small blue square"]
 
@@ -56,10 +58,20 @@ def test_end_to_end(ckpt, images, tmp_path):
             assert np.array_equal(mask == 255, want.masks[j].numpy())
             assert r["area"] == int(want.masks[j].sum())
             assert r["score"] == pytest.approx(float(want.scores[j]), abs=1e-5)
-            overlay = np.asarray(Image.open(out / r["overlay"]))
-            assert overlay.shape == rgb.shape
-            assert np.array_equal(overlay[mask == 0], rgb[mask == 0])  # tint only inside the mask
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]  # temp dir moved / removed
+        # one combined overlay per image: evf_sam.visualize.render_masks of all its masks, captioned
+        mine = [x for x in recs if x["image"] == str(img)]
+        assert len({r["overlay"] for r in mine}) == 1
+        overlay = np.asarray(Image.open(out / mine[0]["overlay"]))
+        expected = render_masks(rgb, want.masks.numpy(), PROMPTS, [r["score"] for r in mine])
+        assert np.array_equal(overlay, expected)
+        # and the COCO RLE file beside it decodes to the same masks
+        rle = json.loads((out / mine[0]["rle"]).read_text())
+        assert [a["prompt"] for a in rle["annotations"]] == PROMPTS
+        for a, m in zip(rle["annotations"], want.masks.numpy()):
+            assert np.array_equal(decode_rle(a["segmentation"]), m)
+    # written in place: no temporary file or directory left, in the output or next to it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_manifest_groups_by_image(ckpt, images, tmp_path):

@@ -27,12 +27,14 @@ import pickle
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import warnings
+
 import numpy as np
 
 from evf_sam.atomic import atomic_write_bytes  # re-exported: synthetic.py writes through it
 
-__all__ = ["DATASETS", "IMAGE_DIRS", "PAPER_SPLITS", "ReferDataset", "RestrictedUnpickler", "UnsafePickleError", "decode_segmentation",
-           "load_refs_pickle", "parse_split_name", "refer_dir", "refs_path", "write_refer", "atomic_write_bytes"]
+__all__ = ["DATASETS", "IMAGE_DIRS", "MIN_POLYGON_COORDS", "PAPER_SPLITS", "ReferDataset", "RestrictedUnpickler",
+           "UnsafePickleError", "decode_segmentation", "polygon_stats", "load_refs_pickle", "parse_split_name", "refer_dir", "refs_path", "write_refer", "atomic_write_bytes"]
 
 # dataset -> the split-by variants the REFER release ships
 DATASETS: dict[str, tuple[str, ...]] = {
@@ -81,7 +83,14 @@ def load_refs_pickle(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"REFER refs file not found: {str(path)!r} (see data/README.md for the layout)")
-    data = RestrictedUnpickler(io.BytesIO(path.read_bytes()), source=str(path)).load()
+    try:
+        data = RestrictedUnpickler(io.BytesIO(path.read_bytes()), source=str(path)).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            UnicodeDecodeError) as e:  # what a truncated or garbage pickle raises
+        raise ValueError(f"{str(path)!r} is not a readable refs pickle, truncated or corrupt ({type(e).__name__}: "
+                         f"{e}); re-download it from the REFER release (see data/README.md)") from None
     data = _decode_bytes(data)
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ValueError(f"{str(path)!r}: expected a pickled list of ref dicts, got {type(data).__name__}")
@@ -141,6 +150,17 @@ def refs_path(root: str | Path, dataset: str, split_by: str) -> Path:
     """``<root>/refer_seg/<dataset>/refs(<split_by>).p``."""
     _check_names(dataset, split_by)
     return refer_dir(root) / dataset / f"refs({split_by}).p"
+
+
+# A polygon needs 3 points (6 numbers) to enclose any area.
+MIN_POLYGON_COORDS = 6
+
+
+def polygon_stats(segmentation: Any) -> tuple[int, int]:
+    """(polygon parts, parts with fewer than 3 points) of a COCO segmentation; (0, 0) for RLE."""
+    if not isinstance(segmentation, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in segmentation):
+        return 0, 0
+    return len(segmentation), sum(1 for p in segmentation if len(p) < MIN_POLYGON_COORDS)
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -208,22 +228,59 @@ class ReferDataset:
                 raise FileNotFoundError(f"{dataset}|{split_by}: {str(f)!r} not found (see data/README.md for the "
                                         "REFER layout and downloads; `python -m evf_sam.data.check ROOT` lists "
                                         "what is missing)")
-        with open(inst) as f:
-            coco = json.load(f)
+        try:
+            with open(inst, "rb") as f:
+                coco = json.loads(f.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{str(inst)!r} is not valid JSON, truncated or corrupt ({e}); re-download it") from None
+        if not isinstance(coco, dict):
+            raise ValueError(f"{str(inst)!r} holds a JSON {type(coco).__name__}, not a COCO object with images / "
+                             f"annotations / categories; re-download it")
         self.images: dict[int, dict] = {int(im["id"]): im for im in coco.get("images", [])}
         self.annotations: dict[int, dict] = {int(a["id"]): a for a in coco.get("annotations", [])}
         self.categories: dict[int, dict] = {int(c["id"]): c for c in coco.get("categories", [])}
         self.refs: list[dict[str, Any]] = load_refs_pickle(self.refs_file)
         self.image_dir = base / IMAGE_DIRS[dataset]
+        self._count_degenerate_polygons()
         self._by_split: dict[str, list[dict]] = {}
         for r in self.refs:
-            self._by_split.setdefault(str(r["split"]), []).append(r)
+            if int(r["ann_id"]) not in self.empty_ann_ids:
+                self._by_split.setdefault(str(r["split"]), []).append(r)
         if check_refs:
             self._check_refs()
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={len(v)}" for s, v in self._by_split.items())
         return f"ReferDataset({self.dataset}|{self.split_by}: {len(self.refs)} refs [{counts}], {len(self.images)} images)"
+
+    def _count_degenerate_polygons(self) -> None:
+        """Annotations (of this file's refs) with polygon parts of fewer than 3 points.
+
+        Such a part encloses no area: dropping it never changes a mask. An annotation with no part
+        of 3 or more points has no target region at all; its refs are skipped (left out of
+        `split_refs` and training), with a warning: see docs/DESIGN.md, "Degenerate polygons".
+        ``self.refs`` keeps every ref of the file (e.g. to keep evaluation images out of training).
+        """
+        self.degenerate_parts = 0  # parts of < 3 points, in annotations that refs use
+        self.empty_ann_ids: set[int] = set()
+        for ann_id in {int(r["ann_id"]) for r in self.refs}:
+            ann = self.annotations.get(ann_id)
+            if ann is None:
+                continue
+            parts, short = polygon_stats(ann.get("segmentation"))
+            self.degenerate_parts += short
+            if parts == short and isinstance(ann.get("segmentation"), (list, tuple)) and \
+                    all(isinstance(p, (list, tuple)) for p in ann["segmentation"]):
+                self.empty_ann_ids.add(ann_id)
+        self.skipped_refs = [r for r in self.refs if int(r["ann_id"]) in self.empty_ann_ids]
+        if self.degenerate_parts:
+            n_sent = sum(len(r["sentences"]) for r in self.skipped_refs)
+            warnings.warn(
+                f"{self.dataset}|{self.split_by}: {self.degenerate_parts} polygon part(s) with fewer than 3 points "
+                f"in instances.json (no area; dropped); {len(self.empty_ann_ids)} annotation(s) have no polygon of 3+ "
+                f"points (ann_ids {sorted(self.empty_ann_ids)[:5]}), so their {len(self.skipped_refs)} ref(s) / "
+                f"{n_sent} sentence(s) are skipped. `python -m evf_sam.data.check` lists them per split.",
+                stacklevel=3)
 
     def _check_refs(self) -> None:
         bad_ann = [(r["ref_id"], r["ann_id"]) for r in self.refs if int(r["ann_id"]) not in self.annotations]

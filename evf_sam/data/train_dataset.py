@@ -364,8 +364,9 @@ def _eval_image_ids(reader) -> list[int]:
 
 def _train_sentences(reader, split: str) -> dict[int, list[tuple[int, str]]]:
     out: dict[int, list[tuple[int, str]]] = {}
+    skip = getattr(reader, "empty_ann_ids", set())  # annotations without a polygon of 3+ points (refer.py)
     for ref in reader.refs:
-        if ref["split"] != split:
+        if ref["split"] != split or int(ref["ann_id"]) in skip:
             continue
         for s in ref["sentences"]:
             text = s["sent"].strip().lower()

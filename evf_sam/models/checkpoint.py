@@ -44,14 +44,18 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from evf_sam.atomic import default_dir_mode
 from evf_sam.models.beit3 import BEIT3_CONFIGS
 from evf_sam.models.efficient_sam import OFFICIAL_SAM_SCALE
 from evf_sam.models.evf_sam import EvfSam, EvfSamConfig, build_evf_sam
 from evf_sam.models.sam import PIXEL_MEAN, PIXEL_STD, SAM_CONFIGS
 from evf_sam.models.sam_backends import sam_family
 from evf_sam.models.state_dict import (  # noqa: F401  (StateDictMismatchError: public here too)
+    CheckpointFileError,
     StateDictMismatchError,
     check_state_dict,
+    load_safetensors_file,
+    load_torch_file,
     load_state_dict_strict,
     short_list,
 )
@@ -62,6 +66,7 @@ __all__ = [
     "LEAF_NAME_MAP",
     "NAME_MAP",
     "SAM_SCALES",
+    "CheckpointFileError",
     "StateDictMismatchError",
     "TOKENIZER_FILES",
     "WEIGHT_FILES",
@@ -191,26 +196,41 @@ def read_official_config(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{str(f)!r} not found: an EVF-SAM checkpoint directory needs {CONFIG_FILE} "
                                 f"(architectures EvfSamModel, sam_scale, mm_extractor_scale, ...)")
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{str(f)!r} is not valid JSON: {e}") from None
+        cfg = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointFileError(f, f"not valid JSON ({e})", _CONFIG_FIX) from None
+    if not isinstance(cfg, dict):
+        raise CheckpointFileError(f, f"holds a JSON {_json_kind(cfg)}, not an object", _CONFIG_FIX)
+    nulls = [k for k in _NON_NULL_KEYS if k in cfg and cfg[k] is None]
+    if nulls:
+        raise CheckpointFileError(f, f"{', '.join(map(repr, nulls))} {'is' if len(nulls) == 1 else 'are'} null",
+                                  f"remove the key(s) or set a value ({_CONFIG_FIX})")
+    return cfg
+
+
+_CONFIG_FIX = ('config.json must be a JSON object such as {"architectures": ["EvfSamModel"], "model_type": "evf", '
+               '"sam_scale": "huge", "mm_extractor_scale": "large", ...}; restore it from the checkpoint\'s source')
+# keys whose value we read and for which null means nothing (absent keys take their defaults)
+_NON_NULL_KEYS = ("architectures", "model_type", "sam_scale", "mm_extractor_scale", "sam_variant", "encoder",
+                  "fusion", "hidden_size", "out_dim")
+
+_REDOWNLOAD_INDEX = "re-download the index together with its shards"
+
+
+def _json_kind(x: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(x), type(x).__name__)
 
 
 def _load_file(f: Path) -> dict[str, Tensor]:
     if f.name.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(str(f), device="cpu")
-    try:
-        obj = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):  # legacy (pre-zipfile) pickles cannot be memory-mapped
-            raise
-        obj = torch.load(str(f), map_location="cpu", weights_only=True)
+        return load_safetensors_file(f)
+    obj = load_torch_file(f, mmap=True)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise TypeError(f"{str(f)!r}: expected a state dict, got {type(obj).__name__}")
+        raise CheckpointFileError(f, f"expected a state dict, got a {type(obj).__name__}",
+                                  "save the model's state_dict() (or use EvfSam.save_pretrained)")
     return dict(obj)
 
 
@@ -230,10 +250,13 @@ def read_official_weights(path: str | Path) -> tuple[dict[str, Tensor], Path]:
             continue
         if not name.endswith(".index.json"):
             return _load_file(f), f
-        index = json.loads(f.read_text())
-        weight_map: dict[str, str] = index.get("weight_map") or {}
-        if not weight_map:
-            raise ValueError(f"{str(f)!r} has no weight_map")
+        try:
+            index = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointFileError(f, f"not valid JSON ({e})", _REDOWNLOAD_INDEX) from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointFileError(f, "has no weight_map object", _REDOWNLOAD_INDEX)
         state: dict[str, Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             sf = path / shard
@@ -496,6 +519,7 @@ def write_checkpoint_dir(path: str | Path, *, config: Mapping[str, Any], state: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, default_dir_mode())  # mkdtemp makes 0700; the checkpoint is an ordinary directory
         (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2) + "\n")
         _write_weights(tmp, dict(state), fmt, max_shard_tensors)
         for f in tok_files:

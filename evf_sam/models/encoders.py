@@ -464,7 +464,9 @@ def tokenize_for_encoder(encoder: str, tokenizer, prompts: list[str], max_length
         from evf_sam.tokenizer import tokenize
 
         return tokenize(tokenizer, prompts, max_length)
-    if any(not p.strip() for p in prompts):
-        raise ValueError("empty prompt")
+    from evf_sam.prompts import check_prompt
+
+    for i, p in enumerate(prompts):
+        check_prompt(p, f"prompt {i}")
     enc = tokenizer(list(prompts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
     return enc["input_ids"].long(), ~enc["attention_mask"].bool()

@@ -10,8 +10,71 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StateDictMismatchError", "check_state_dict", "load_state_dict_strict", "load_weights_strict",
-           "read_state_dict"]
+__all__ = ["CheckpointFileError", "StateDictMismatchError", "check_state_dict", "load_safetensors_file",
+           "load_state_dict_strict", "load_torch_file", "load_weights_strict", "read_state_dict"]
+
+
+class CheckpointFileError(ValueError):
+    """A weight or config file that cannot be used: truncated, not the format its name says, a
+    pickle holding more than tensors, a config.json that is not a usable object. One line naming
+    ``path``, what is wrong and ``fix`` (what to do)."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
+        self.path, self.problem, self.fix = str(path), problem, fix
+        super().__init__(f"{self.path!r}: {problem}; {fix}")
+
+
+_REDOWNLOAD = "re-download or re-export it (compare its size / checksum with the source)"
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    line = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+    return line[:limit] + ("..." if len(line) > limit else "")
+
+
+def load_safetensors_file(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a ``.safetensors`` file on CPU; `CheckpointFileError` naming the file when it
+    is truncated or not a safetensors file."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except OSError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError (header too small / too large / incomplete)
+        raise CheckpointFileError(path, f"not a readable safetensors file, truncated or corrupt "
+                                        f"({_first_line(e)})", _REDOWNLOAD) from e
+
+
+def load_torch_file(path: str | Path, *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU (memory-mapped with ``mmap`` when the file
+    allows it). A pickle that holds anything but tensors and plain containers is refused without
+    running it (`CheckpointFileError`: such a pickle could run code when loaded); so is a truncated
+    or garbage file, with the file named."""
+    import pickle
+
+    try:
+        if mmap:
+            try:
+                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):  # legacy (pre-zipfile) pickles cannot be memory-mapped
+                    raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise CheckpointFileError(
+                path, "refused: this pickle holds objects other than tensors, which could run code when "
+                      "loaded, so it was not loaded (torch.load weights_only=True)",
+                "use a safetensors file, or, only if you trust its source, re-save just the state dict "
+                "(torch.save(model.state_dict(), ...)) and load that") from None
+        raise CheckpointFileError(path, f"not a readable PyTorch file, truncated or corrupt ({_first_line(e)})",
+                                  _REDOWNLOAD) from e
+    except OSError:  # missing file, permissions: the caller's message is better
+        raise
+    except Exception as e:  # truncated zip, garbage bytes (KeyError, EOFError, ...), empty file
+        raise CheckpointFileError(path, f"not a readable PyTorch file, truncated or corrupt ({_first_line(e)})",
+                                  _REDOWNLOAD) from e
 
 
 class StateDictMismatchError(RuntimeError):
@@ -76,7 +139,7 @@ def read_state_dict(src: Mapping[str, Any] | str | Path, *, wrappers: tuple[str,
         path = Path(src)
         if not path.is_file():
             raise FileNotFoundError(f"{what} not found: {str(path)!r} (expected {expected})")
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = load_safetensors_file(path) if path.suffix == ".safetensors" else load_torch_file(path)
     else:
         obj = src
     for wrapper in wrappers:
