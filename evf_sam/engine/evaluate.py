@@ -295,6 +295,29 @@ def _fill_from_run(cfg) -> None:
         cfg.output_dir = str(run / "eval")
 
 
+# configs/eval.yaml keys that hold integers (None allowed where the config says null = a default); the
+# config has no typed schema, so "batch_size=abc" would otherwise fail deep inside with no key named
+_INT_KEYS = {"batch_size": False, "max_images": True, "max_text_len": True, "data.num_workers": False}
+
+
+def _check_numbers(cfg) -> None:
+    """ValueError naming the key when an integer key of configs/eval.yaml holds something else."""
+    from omegaconf import OmegaConf
+
+    for key, nullable in _INT_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                OmegaConf.update(cfg, key, int(value))
+                continue
+            raise ValueError(f"{key}={value!r} is not an integer: pass e.g. {key}=1"
+                             + (f" (or {key}=null)" if nullable else ""))
+        if value < 0 or (key == "batch_size" and value < 1):
+            raise ValueError(f"{key}={value} must be {'>= 1' if key == 'batch_size' else '>= 0'}")
+
+
 class _PlannedSplit:
     """One split to evaluate, checked before any model is loaded (its reader built)."""
 
@@ -458,17 +481,18 @@ def run_eval_from_config(cfg, *, replace_mismatched: bool = False) -> dict[str, 
     if cfg.precision not in _DTYPES:
         raise ValueError(f"precision must be one of {list(_DTYPES)}, got {cfg.precision!r}")
     dtype = _DTYPES[cfg.precision]
+    _check_numbers(cfg)
     for name in expand_splits(cfg.splits):  # a malformed split name fails before any file is read
         _parse_eval_split(name)
     if cfg.get("run"):
         _fill_from_run(cfg)
+    # every input before the process group (and the model): each rank reads the same files
+    planned = check_eval_splits(cfg)
+    ckpt, tok_dir, tokenizer = check_eval_checkpoint(cfg)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = D.init_distributed(str(cfg.device))
     if info.device.type == "cpu" and dtype == torch.float16:
         raise ValueError("precision=fp16 needs CUDA (CPU kernels lack fp16 convolutions); use fp32 or bf16")
-
-    planned = check_eval_splits(cfg)
-    ckpt, tok_dir, tokenizer = check_eval_checkpoint(cfg)
 
     out_dir = cfg.get("output_dir")
     if not out_dir:
