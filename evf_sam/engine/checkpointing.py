@@ -28,6 +28,7 @@ method on the engine's instance, allowing only the DeepSpeed classes a ZeRO-1/2 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -185,8 +186,9 @@ def safe_torch_load(path: str | Path, map_location=None, *, extra_globals: list 
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot be read ({_torch_reason(e)}); the file is truncated or corrupted") \
-            from None
+        # a zip archive cut short makes torch seek past its end: OSError EINVAL, which says nothing to a user
+        reason = "it ends early" if isinstance(e, OSError) and e.errno == errno.EINVAL else _torch_reason(e)
+        raise CheckpointError(f"{path}: cannot be read ({reason}); the file is truncated or corrupted") from None
 
 
 def harden_deepspeed_loading(engine) -> None:

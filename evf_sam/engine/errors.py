@@ -88,8 +88,8 @@ def describe(exc: BaseException) -> str:
                 f"https://hydra.cc/docs/advanced/override_grammar/basic)")
     if isinstance(exc, HydraException) and isinstance(exc.__cause__, (ConfigKeyError, ConfigAttributeError)):
         key = getattr(exc.__cause__, "full_key", None) or "?"
-        return (f"unknown config key {key}: {_lines(str(exc.__cause__))[0]}; check its spelling (every group's keys "
-                f"and types: evf_sam/config.py)")
+        return (f"unknown config key {key}: {_lines(str(exc.__cause__))[0]}; check its spelling (--help lists the "
+                f"keys; their types: evf_sam/config.py)")
     if isinstance(exc, HydraException):
         head = _join_options(_lines(str(exc)))
         cause = exc.__cause__
