@@ -158,7 +158,8 @@ def _torch_reason(e: BaseException) -> str:
     for key in ("GLOBAL", "Unsupported", "WeightsUnpickler error"):
         hit = [ln for ln in lines if key in ln]
         if hit:
-            return hit[0]
+            # torch goes on to suggest allow-listing the global: the opposite of what to do with such a file
+            return hit[0].split(" Please use ")[0].split(". Please use")[0].rstrip(".")
     return lines[-1] if lines else type(e).__name__
 
 
