@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -142,7 +141,7 @@ def test_safe_torch_load_refuses_pickled_code_and_names_the_file(tmp_path):
     from evf_sam.engine.checkpointing import harden_deepspeed_loading
 
     class _Engine:
-        class checkpoint_engine:  # noqa: N801 - stands in for DeepSpeed's TorchCheckpointEngine instance
+        class checkpoint_engine:  # stands in for DeepSpeed's TorchCheckpointEngine instance
             @staticmethod
             def load(path, map_location=None):
                 return torch.load(path, map_location=map_location, weights_only=False)
