@@ -271,6 +271,29 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_marks_it_rejected(tmp_p
     assert not [r for r in caplog.records if "is damaged" in r.getMessage()]
 
 
+def test_older_checkpoints_without_records_resume_unverified_with_a_warning(tmp_path, caplog):
+    """Markers written before the sizes / hashes existed, and RNG files with numpy's state as an ndarray."""
+    import random
+
+    import numpy as np
+
+    from evf_sam.engine.checkpointing import Checkpointer
+
+    ck = tmp_path / "checkpoints"
+    d = _fake_tag(ck, 4)
+    (d / "complete").write_text(json.dumps({"step": 4, "world_size": 1}))  # the old marker
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+               d / "rng_rank0.pt")  # the old RNG layout (numpy's key as an ndarray)
+    expect = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    with caplog.at_level("WARNING"):
+        state, path = Checkpointer(ck, rank=0, world_size=1, keep_last=0).resume(_FakeEngine(), "auto", seed=0)
+    assert state.step == 4 and path == d
+    assert any("no file sizes / hashes" in r.getMessage() for r in caplog.records)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expect
+
+
 # -- metrics.jsonl: one line per step after resumes (unit) ------------------------------------------------
 
 def test_rewind_keeps_records_before_the_checkpoint(tmp_path):
