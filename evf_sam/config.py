@@ -283,6 +283,8 @@ class TrainerConfig:
     best_metric: str = MISSING
     max_nonfinite_steps: int = MISSING
     loss: LossConfig = MISSING
+    eval_at_end: List[str] = MISSING  # splits to evaluate final/ on ("paper": the 8 of Tab. 2)
+    eval_overrides: Dict[str, Any] = MISSING  # configs/eval.yaml keys for eval_at_end
 
 
 @dataclass

@@ -7,14 +7,16 @@
 ``cfg`` is the composed Hydra config (configs/train.yaml); every group is turned into its typed schema
 object (`evf_sam.config.typed`) first, and the builders read those. Order (each step fails before the
 next, costlier one starts): typed config -> process group and run directory -> data files (checked or
-generated) -> config.yaml / config_resolved.yaml -> seed -> tokenizer and model -> trainable globs ->
-datasets, validation splits, embedding cache -> optimizer, LR schedule, DeepSpeed.
+generated) and the ``trainer.eval_at_end`` splits -> config.yaml / config_resolved.yaml -> seed ->
+tokenizer and model -> trainable globs -> datasets, validation splits, embedding cache -> optimizer, LR
+schedule, DeepSpeed (its prints and log records go to train.log only).
 """
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,12 +29,12 @@ from evf_sam.engine import distributed as D
 from evf_sam.engine.checkpointing import Checkpointer
 from evf_sam.engine.deepspeed_config import build_deepspeed_config, resolve_precision
 from evf_sam.engine.optim import apply_trainable, build_optimizer, build_scheduler, format_param_table
-from evf_sam.engine.run_logging import RunLogger, setup_logging
+from evf_sam.engine.run_logging import RunLogger, prints_to_log, route_library_logs, setup_logging
 from evf_sam.engine.state import seed_everything
 from evf_sam.engine.trainer import Trainer
 from evf_sam.models.sam_backends import sam_family
 
-__all__ = ["build_model_and_tokenizer", "build_trainer", "train"]
+__all__ = ["build_end_eval", "build_model_and_tokenizer", "build_trainer", "set_trainable", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +47,14 @@ def train(cfg, *, config_yaml: str | None = None) -> dict[str, Any]:
 
 
 def build_model_and_tokenizer(model: ModelConfig, run_dir: Path, *, tokenizer_sentences: Sequence[str] = (),
-                              semantic_token: bool = False):
+                              semantic_token: bool = False, pretrained: bool = True):
     """(EvfSam, tokenizer, tokenizer_dir) from the ``model`` group.
 
     Without ``model.tokenizer`` and with ``model.make_tiny_tokenizer`` a sentencepiece tokenizer of
     ``model.tiny_vocab_size`` pieces is trained into ``run_dir/tokenizer`` (rank 0, once) on
     `testing.TINY_SENTENCES` + ``tokenizer_sentences``; ``semantic_token`` adds ``[semantic]`` to it.
+    pretrained=False: the architecture only (no SAM / BEiT-3 weight files read; ``model.init_from``'s
+    config.json alone), for weights that come from elsewhere (`export.export_checkpoint`).
     """
     from evf_sam.models.encoders import load_encoder_tokenizer
     from evf_sam.models.evf_sam import EvfSam
@@ -72,11 +76,18 @@ def build_model_and_tokenizer(model: ModelConfig, run_dir: Path, *, tokenizer_se
                 add_tokens(tok_dir, [SEMANTIC_TOKEN])
         D.barrier()
     tokenizer = load_encoder_tokenizer(model.encoder, tok_dir)
-    if model.init_from:
+    if model.init_from and pretrained:
         evf_sam = EvfSam.from_pretrained(model.init_from)
         evf_sam.sam.image_encoder.requires_grad_(False)
+    elif model.init_from:
+        from evf_sam.models.checkpoint import config_from_official, read_official_config
+        from evf_sam.models.evf_sam import build_evf_sam
+
+        source = Path(model.init_from) / "config.json"
+        evf_sam = build_evf_sam(config_from_official(read_official_config(model.init_from), source=str(source)))
+        evf_sam.sam.image_encoder.requires_grad_(False)
     else:
-        evf_sam = _build_model(model, tokenizer)
+        evf_sam = _build_model(model, tokenizer, pretrained=pretrained)
     if model.grad_checkpointing:
         if not hasattr(evf_sam.encoder, "set_grad_checkpointing"):
             raise ValueError(f"model.grad_checkpointing=true is not supported by encoder {model.encoder!r} "
@@ -104,13 +115,26 @@ def evf_sam_config(model: ModelConfig, *, vocab_size: int | None = None):
     return EvfSamConfig(**kwargs)
 
 
-def _build_model(model: ModelConfig, tokenizer):
-    """A fresh EvfSam (SAM / BEiT-3 initialised from their .pth files if given)."""
+def _build_model(model: ModelConfig, tokenizer, *, pretrained: bool = True):
+    """A fresh EvfSam (SAM / BEiT-3 initialised from their .pth files if given and ``pretrained``)."""
     from evf_sam.models.evf_sam import build_evf_sam
 
     tiny_vocab = len(tokenizer) if model.make_tiny_tokenizer and model.tokenizer is None else None
-    return build_evf_sam(evf_sam_config(model, vocab_size=tiny_vocab), sam_checkpoint=model.sam_checkpoint,
-                         encoder_checkpoint=model.encoder_checkpoint)
+    return build_evf_sam(evf_sam_config(model, vocab_size=tiny_vocab),
+                         sam_checkpoint=model.sam_checkpoint if pretrained else None,
+                         encoder_checkpoint=model.encoder_checkpoint if pretrained else None)
+
+
+def set_trainable(model, globs: Sequence[str]) -> list[str]:
+    """`optim.apply_trainable` + what follows from it for the model's config: a SAM-2 whose mask decoder
+    trains has its eval-mode stability fallback off (recorded in the exported config.json)."""
+    trained = apply_trainable(model, globs)
+    if sam_family(model.config.sam_variant) == "sam2" and model.config.sam_stability_fallback is None \
+            and any(n.startswith("sam.sam_mask_decoder.") for n in trained):
+        model.set_sam_stability_fallback(False)
+        logger.info("SAM-2 mask decoder trains: its eval-mode stability fallback (which would swap in the "
+                    "unsupervised multimask outputs) is off; the exported config.json records it")
+    return trained
 
 
 def check_encoder_choice(cfg) -> None:
@@ -119,6 +143,38 @@ def check_encoder_choice(cfg) -> None:
     if "encoder" in cfg and cfg.model.encoder != cfg.encoder.name:
         raise ValueError(f"model.encoder={cfg.model.encoder!r} but the encoder group is {cfg.encoder.name!r}: choose "
                          f"the encoder with encoder=<name> (configs/encoder/), not model.encoder")
+
+
+def build_end_eval(trainer_cfg, data, *, run_dir: Path):
+    """``trainer.eval_at_end``: a callable evaluating ``run_dir/final`` into ``run_dir/eval`` with
+    `evaluate.run_eval_from_config` (configs/eval.yaml + ``trainer.eval_overrides``), or None.
+
+    The splits' files are checked here (errors name them), before any model is built; results of an
+    earlier evaluation of other weights in ``run_dir/eval`` are replaced."""
+    if not trainer_cfg.eval_at_end:
+        return None
+    from evf_sam.engine.evaluate import check_eval_splits, eval_config, expand_splits, run_eval_from_config
+
+    root = getattr(data, "root", None)
+    if not root:
+        raise ValueError(f"trainer.eval_at_end needs REFER data with a root; data.kind={data.kind!r} has none")
+    overrides = dict(trainer_cfg.eval_overrides)
+    unknown = sorted(set(overrides) - set(eval_config()))
+    if unknown:
+        raise ValueError(f"trainer.eval_overrides: unknown key(s) {unknown}; the keys of configs/eval.yaml are "
+                         f"{sorted(eval_config())}")
+    cfg = eval_config(**{"checkpoint": str(Path(run_dir) / "final"), "output_dir": str(Path(run_dir) / "eval"),
+                         "device": trainer_cfg.device, "progress": bool(trainer_cfg.progress_bar),
+                         "splits": expand_splits(list(trainer_cfg.eval_at_end)),
+                         **overrides,
+                         "data": {"root": str(root), "semantic_root": getattr(data, "semantic_root", None),
+                                  "num_workers": data.num_workers, **dict(overrides.get("data") or {})}})
+    check_eval_splits(cfg)
+
+    def end_eval() -> tuple[Path, dict[str, dict]]:
+        return Path(cfg.output_dir), run_eval_from_config(cfg, replace_mismatched=True)
+
+    return end_eval
 
 
 def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
@@ -145,6 +201,7 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
 
     # 1. data files first: fail before any model is built
     prepare_data(data)
+    end_eval = build_end_eval(trainer_cfg, data, run_dir=run_dir)
     if dist.rank == 0:
         atomic_write_text(run_dir / "config.yaml", config_yaml or OmegaConf.to_yaml(cfg))
         atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -155,12 +212,7 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
     seed_everything(run.seed)
     model, tokenizer, tokenizer_dir = build_model_and_tokenizer(
         model_cfg, run_dir, tokenizer_sentences=tokenizer_corpus(data), semantic_token=uses_semantic_token(data))
-    trained = apply_trainable(model, trainable.params)
-    if sam_family(model.config.sam_variant) == "sam2" and model.config.sam_stability_fallback is None \
-            and any(n.startswith("sam.sam_mask_decoder.") for n in trained):
-        model.set_sam_stability_fallback(False)
-        logger.info("SAM-2 mask decoder trains: its eval-mode stability fallback (which would swap in the "
-                    "unsupervised multimask outputs) is off; the exported config.json records it")
+    set_trainable(model, trainable.params)
     logger.info("parameters (trainable globs %s):\n%s", trainable.params, format_param_table(model))
     model.to(dist.device)
 
@@ -184,17 +236,22 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
             device=dist.device, batch_size=data.embedding_cache_batch_size, dtype=data.embedding_cache_dtype,
             autocast_dtype=dtype if precision != "fp32" else None)
 
-    # 4. optimizer, schedule, DeepSpeed
-    import deepspeed
+    # 4. optimizer, schedule, DeepSpeed. Told the accelerator (no detection warning), its logger and the
+    # prints of its op builds go to train.log only.
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if dist.device.type == "cuda" else "cpu")
+    with prints_to_log("deepspeed"):
+        import deepspeed
 
+        route_library_logs()
     optimizer = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas),
                                 eps=optim.eps)
     scheduler = build_scheduler(optimizer, total_steps=trainer_cfg.total_steps, warmup_steps=optim.warmup_steps,
                                 schedule=optim.schedule, min_lr_ratio=optim.min_lr_ratio)
     ds_config = build_deepspeed_config(ds, micro_batch_size=trainer_cfg.micro_batch_size,
                                        grad_accum=trainer_cfg.grad_accum, precision=precision)
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                   config=ds_config, dist_init_required=False)
+    with prints_to_log("deepspeed"):
+        engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                       config=ds_config, dist_init_required=False)
     run_config = resolved(cfg)
     return Trainer(
         trainer_cfg, engine=engine, scheduler=scheduler, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
@@ -204,4 +261,4 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
         checkpointer=Checkpointer(run_dir / "checkpoints", rank=dist.rank, world_size=dist.world_size,
                                   keep_last=trainer_cfg.keep_last),
         run_logger=RunLogger(run_dir, rank=dist.rank, logger=logger_cfg, run_name=run.name, config=run_config),
-        resume=run.resume, seed=run.seed, run_config=run_config)
+        resume=run.resume, seed=run.seed, run_config=run_config, end_eval=end_eval)

@@ -8,15 +8,19 @@ One run directory (``cfg.run_dir``) holds everything::
     config.yaml, config_resolved.yaml   the Hydra config as composed / resolved
     train.log                           the console log of rank 0
     metrics.jsonl                       {"type": "train", "step", "loss", "bce", "dice", "lr", ...} per step,
-                                        {"type": "val", "step", "split", "ciou", "giou", ...} per split and validation
+                                        {"type": "val", "step", "split", "ciou", "giou", ...} per split and validation,
+                                        {"type": "eval", ...} per trainer.eval_at_end split; all with "time", "elapsed_s"
     checkpoints/step_00001000/          DeepSpeed tag dir (+ trainer_state.json, rng_rank{r}.pt, complete)
     checkpoints/latest                  name of the newest complete tag (written last, atomically)
     best/, final/                       EvfSam.save_pretrained exports (+ tokenizer files)
     results.json                        final validation metrics ({"<split>": {...}, "best": {...}, ...})
+    eval/                               trainer.eval_at_end: scripts/eval_refcoco.py's results of final/
+    plots/curves.png                    loss, BCE, Dice, LR, validation cIoU (`plots.plot_run`), at the end of fit()
 
-Resume (``resume=auto``, `checkpointing.Checkpointer`): the newest tag dir with a ``complete`` marker is
-loaded (model, optimizer, LR scheduler, step, best metric, per-rank RNG); the data order is a function
-of (seed, step), so the run continues exactly where it stopped.
+Resume (``resume=auto``, `checkpointing.Checkpointer`): the newest verified tag dir with a ``complete``
+marker is loaded (model, optimizer, LR scheduler, step, best metric, per-rank RNG); the data order is a
+function of (seed, step), so the run continues exactly where it stopped, and metrics.jsonl is rewound
+to the records logged before that checkpoint (`RunLogger.rewind`): one train record per step.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -71,11 +75,14 @@ class Trainer:
     val_splits: `data.build.ValidationSplit` list; the first one's ``config.best_metric`` picks ``best/``.
     embedding_cache: `EmbeddingCache` of the frozen SAM image encoder, or None (SAM runs every step).
     run_config: the resolved config, recorded in results.json.
+    end_eval: ``trainer.eval_at_end``: evaluates ``final/`` after the last step (all ranks) and returns
+    ``(output dir, {split: metrics})`` (`evaluate.run_eval_from_config`, as scripts/eval_refcoco.py), or None.
     """
 
     def __init__(self, config, *, engine, scheduler, tokenizer, tokenizer_dir: Path, train_dataset, num_workers: int,
                  val_splits: Sequence, embedding_cache, max_text_len: int, run_dir: Path, dist: D.DistInfo,
-                 dtype: torch.dtype, checkpointer, run_logger, resume: str | None, seed: int, run_config: dict):
+                 dtype: torch.dtype, checkpointer, run_logger, resume: str | None, seed: int, run_config: dict,
+                 end_eval: Callable[[], tuple[Path, dict[str, dict]]] | None = None):
         self.config = config
         self.engine, self.scheduler = engine, scheduler
         self.module = engine.module
@@ -88,6 +95,7 @@ class Trainer:
         self.dtype = dtype
         self.checkpointer, self.run_logger = checkpointer, run_logger
         self.resume, self.seed, self.run_config = resume, int(seed), run_config
+        self.end_eval = end_eval
         self.micro_batch_size, self.grad_accum = int(config.micro_batch_size), int(config.grad_accum)
         self.total_steps = int(config.total_steps)
         self.state = TrainState()
@@ -95,6 +103,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
+        self.state.elapsed_s = self.run_logger.elapsed()
         return self.checkpointer.save(self.engine, self.state)
 
     def maybe_resume(self) -> None:
@@ -201,7 +210,8 @@ class Trainer:
 
         config = self.config
         self.maybe_resume()
-        self.run_logger.start()
+        self.run_logger.rewind(self.state.step, final_step=self.total_steps)
+        self.run_logger.start(elapsed_s=self.state.elapsed_s)
         self._train_mode()
         start = self.state.step
         stop = self.total_steps
@@ -251,7 +261,7 @@ class Trainer:
             self.run_logger.log(record)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{step.loss:.4f}", sps=f"{step.images / dt:.1f}")
+                bar.set_postfix(loss="skipped" if step.nonfinite else f"{step.loss:.4f}", sps=f"{step.images / dt:.1f}")
             if self.state.step % int(config.log_every) == 0 or self.state.step == stop:
                 now = time.perf_counter()
                 samples_per_s = (self.state.samples - samples_last) / max(now - t_last, 1e-9)
@@ -259,8 +269,8 @@ class Trainer:
                 mem = ""
                 if self.device.type == "cuda":
                     mem = f" | mem {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB"
-                logger.info("step %d/%d | loss %.4f (bce %.4f, dice %.4f) | lr %.3g | %.1f samples/s%s",
-                            self.state.step, self.total_steps, step.loss, step.bce, step.dice, lr, samples_per_s, mem)
+                logger.info("step %d/%d | %s | lr %.3g | %.1f samples/s%s", self.state.step, self.total_steps,
+                            _loss_text(step), lr, samples_per_s, mem)
             if int(config.val_every) > 0 and self.state.step % int(config.val_every) == 0 \
                     and self.state.step < self.total_steps:
                 self._validate_and_export()
@@ -280,11 +290,43 @@ class Trainer:
             results.update(final=str(final))
             for metrics in validated or []:
                 results[metrics["split"]] = metrics
+            if self.end_eval is not None:
+                results["eval"] = str(self._evaluate_final())
             if self.rank == 0:
                 best = {"step": self.state.best_step, config.best_metric: self.state.best_metric,
                         "path": str(self.run_dir / "best")} if self.state.best_step >= 0 else None
                 results.update(best=best, checkpoint=str(final), samples=self.state.samples, config=self.run_config)
                 atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1))
         self.run_logger.finish()
+        if self.rank == 0:
+            self._plot()
         D.barrier()
         return results
+
+    def _evaluate_final(self) -> Path:
+        """``trainer.eval_at_end``: ``final/`` through the evaluation script's code; a record per split."""
+        logger.info("evaluating %s on %s (trainer.eval_at_end)", self.run_dir / "final",
+                    ", ".join(self.config.eval_at_end))
+        out_dir, evaluated = self.end_eval()
+        for split, metrics in evaluated.items():
+            self.run_logger.log({"type": "eval", "step": self.state.step, "split": split,
+                                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+        return out_dir
+
+    def _plot(self) -> None:
+        """plots/curves.png from metrics.jsonl; a failure is a warning (the run itself is done)."""
+        try:
+            from evf_sam.engine.plots import plot_run
+
+            path = plot_run(self.run_dir).path
+            logger.info("plots: %s", path)
+        except Exception as e:  # matplotlib missing or broken: never fail a finished run over a figure
+            logger.warning("plots not written: %s: %s", type(e).__name__, e)
+
+
+def _loss_text(step: StepResult) -> str:
+    """The console's loss part: the losses, or that the step was skipped (a NaN step has none)."""
+    if step.nonfinite:
+        return "skipped (non-finite loss)"
+    text = f"loss {step.loss:.4f} (bce {step.bce:.4f}, dice {step.dice:.4f})"
+    return text if step.applied else f"{text}, skipped (gradient overflow)"
