@@ -53,10 +53,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evf_sam.models.sam_encoder import sdpa_backend_report, use_fast_sam_encoder  # noqa: E402
+from evf_sam.precision import PRECISIONS, dtype_of  # noqa: E402
 from evf_sam.predictor import EvfSamPredictor  # noqa: E402
 from evf_sam.quantize import QUANT_MODES, quantize_prompt_encoder  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SIZES = {"tiny": ("tiny", "beit3_tiny"), "base": ("vit_h", "beit3_base"), "large": ("vit_h", "beit3_large")}
 PROMPTS = ["the big red circle on the left", "a small blue square", "the tiny green star at the top",
            "the yellow triangle in the middle", "the purple ellipse next to the big one",
@@ -236,7 +236,7 @@ def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
 def run_reference(model, tok, precision: str, image, prompts, ns, args, device, base_masks) -> tuple[Result, list]:
     """One full call per prompt. The first prompt's call is timed (--ref-repeats times); the other prompts
     reuse that image embedding only to get their masks (identical to a full call's)."""
-    m = model if precision == "fp32" else copy.deepcopy(model).to(DTYPES[precision])
+    m = model if precision == "fp32" else copy.deepcopy(model).to(dtype_of(precision))
     pred = EvfSamPredictor(m, tokenizer=tok)
     res = Result(f"ref-{precision}", "segment-anything (eager)", precision, extrapolated=True,
                  weights_gib=weight_gib(m))
@@ -371,7 +371,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--prompts", type=int, nargs="+", default=[1, 4, 16], help="prompt counts on one image")
-    p.add_argument("--ref-precisions", nargs="+", choices=list(DTYPES), default=None,
+    p.add_argument("--ref-precisions", nargs="+", choices=list(PRECISIONS), default=None,
                    help="reference precisions (default: fp32 + what the device runs natively)")
     p.add_argument("--ref-repeats", type=int, default=None, help="timed reference calls (default 1 CPU, 3 CUDA)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats of ours (default 2 CPU, 10 CUDA)")

@@ -47,8 +47,9 @@ from typing import Sequence
 
 __all__ = ["CliError", "main"]
 
+from evf_sam.precision import PRECISIONS, dtype_of
+
 PROG = "evf-sam"
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 RESULTS_FILE = "predictions.json"
 MANIFEST_FORMAT = 2
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff")
@@ -175,7 +176,7 @@ def _device_and_dtype(device: str, precision: str):
     if precision == "fp16" and dev == "cpu":
         raise CliError("--precision fp16 needs a CUDA device (half precision is not supported on CPU); "
                        "use --precision fp32 or bf16 on CPU")
-    return torch.device(dev), getattr(torch, PRECISIONS[precision])
+    return torch.device(dev), dtype_of(precision)
 
 
 def _resolve_checkpoint(path: Path) -> Path:

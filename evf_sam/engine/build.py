@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from evf_sam.atomic import atomic_write_text
 from evf_sam.config import MODEL_BUILD_KEYS, ModelConfig, RunConfig, resolved, typed
 from evf_sam.data.batch import text_length
@@ -33,12 +31,12 @@ from evf_sam.engine.run_logging import RunLogger, prints_to_log, route_library_l
 from evf_sam.engine.state import seed_everything
 from evf_sam.engine.trainer import Trainer
 from evf_sam.models.sam_backends import sam_family
+from evf_sam.precision import dtype_of
 
 __all__ = ["build_end_eval", "build_model_and_tokenizer", "build_trainer", "set_trainable", "train"]
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def train(cfg, *, config_yaml: str | None = None) -> dict[str, Any]:
@@ -197,7 +195,7 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
     if trainer_cfg.engine != "deepspeed":
         raise ValueError(f"trainer.engine={trainer_cfg.engine!r}: only 'deepspeed' is implemented")
     precision = resolve_precision(trainer_cfg.precision, dist.device)
-    dtype = _DTYPES[precision]
+    dtype = dtype_of(precision)
 
     # 1. data files first: fail before any model is built
     prepare_data(data)

@@ -28,13 +28,13 @@ from evf_sam.atomic import atomic_write_text
 from evf_sam.data.batch import text_length
 from evf_sam.metrics import ClassIoU, RefMetrics
 from evf_sam.models.encoders import tokenize_for_encoder
+from evf_sam.precision import dtype_of
 
 __all__ = ["METRIC_KEYS", "PAPER_ALIAS", "check_eval_checkpoint", "check_eval_splits", "eval_config", "evaluate",
            "expand_splits", "format_paper_table", "read_results", "run_eval_from_config", "write_results"]
 
 METRIC_KEYS = ("ciou", "giou", "pr@0.5", "pr@0.6", "pr@0.7", "pr@0.8", "pr@0.9", "n_expressions", "n_images",
                "miou")  # miou: semantic splits only (empty in results.csv for REFER splits)
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DATASET_TITLES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg", "refclef": "RefCLEF",
                    "ade20k": "ADE20K", "mapillary": "Mapillary"}
 
@@ -478,9 +478,7 @@ def run_eval_from_config(cfg, *, replace_mismatched: bool = False) -> dict[str, 
     from evf_sam.models.evf_sam import EvfSam
 
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # a plain copy: run= fills keys in
-    if cfg.precision not in _DTYPES:
-        raise ValueError(f"precision must be one of {list(_DTYPES)}, got {cfg.precision!r}")
-    dtype = _DTYPES[cfg.precision]
+    dtype = dtype_of(cfg.precision)
     _check_numbers(cfg)
     for name in expand_splits(cfg.splits):  # a malformed split name fails before any file is read
         _parse_eval_split(name)
