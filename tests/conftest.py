@@ -14,3 +14,11 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_rendezvous(monkeypatch):
+    """In-process evaluations create (and destroy) a process group, setting MASTER_ADDR / MASTER_PORT in
+    os.environ; restored afterwards so that no later subprocess reuses the port."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)

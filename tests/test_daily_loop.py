@@ -25,14 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 END_SPLITS = ["refcoco|unc|val", "refcocog|umd|test"]
 
 
-@pytest.fixture(autouse=True)
-def _no_leaked_rendezvous(monkeypatch):
-    """In-process evaluations create (and destroy) a process group, setting MASTER_ADDR / MASTER_PORT in
-    os.environ; restored afterwards so that no later subprocess reuses the port."""
-    monkeypatch.delenv("MASTER_PORT", raising=False)
-    monkeypatch.delenv("MASTER_ADDR", raising=False)
-
-
 def _env(**extra: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "EVF_SAM_DEBUG", "MASTER_PORT", "MASTER_ADDR"):  # in-process evals set them

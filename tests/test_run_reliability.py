@@ -24,14 +24,6 @@ TINY = ["model=tiny", "data=random", "trainer=tiny", "logger=none", "data.num_im
         "optim.lr=1e-3", "trainer.val_at_end=false", "trainer.log_every=1"]
 
 
-@pytest.fixture(autouse=True)
-def _no_leaked_rendezvous(monkeypatch):
-    """In-process evaluations create (and destroy) a process group, setting MASTER_ADDR / MASTER_PORT in
-    os.environ; restored afterwards so that no later subprocess reuses the port."""
-    monkeypatch.delenv("MASTER_PORT", raising=False)
-    monkeypatch.delenv("MASTER_ADDR", raising=False)
-
-
 def _env(**extra: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", **extra)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "EVF_SAM_DEBUG", "MASTER_PORT", "MASTER_ADDR"):  # in-process evals set them
