@@ -1,5 +1,9 @@
 """Text-prompted video segmentation (evf_sam/video.py, ``evf-sam predict-video``).
 
+* official parity: the seeded, prompt-sensitive EVF-SAM2 parity weights (Hiera-T + BEiT-3-Base) on a
+  4-frame 54 x 96 JPEG clip reproduce, frame by frame, the logits of the official inference_video.py
+  (tests/fixtures/official/parity_sam2_video.pt, made by scripts/make_official_video_golden.py)
+  within 1e-3; another prompt does not;
 * several prompts are tracked independently (each gets what it gets alone); a prompt frame > 0
   tracks forward and then backward;
 * the CLI writes per-frame mask PNGs, an overlay video and a JSON summary, atomically, and rejects
@@ -54,6 +58,70 @@ def predictor(sam2_ckpt) -> EvfSam2VideoPredictor:
 @pytest.fixture(scope="module")
 def clip() -> list[np.ndarray]:
     return video_clip(4, 40, 56, seed=3)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Official parity
+
+FIXTURES = Path(__file__).parent / "fixtures" / "official"
+TOL = 1e-3  # max |logit difference| allowed (fp32, CPU)
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory) -> dict:
+    """Our run on the golden's weights and clip: both prompts tracked at once (the official code ran
+    once per prompt)."""
+    import hashlib
+    import lzma
+
+    from evf_sam.testing import state_dict_sha256, video_parity_state_dict, write_parity_checkpoint
+    from evf_sam.tokenizer import write_tokenizer_dir
+
+    ref = torch.load(FIXTURES / "parity_sam2_video.pt", weights_only=True)
+    tmp = tmp_path_factory.mktemp("video_parity")
+    meta = json.loads((FIXTURES / "tokenizer_parity.json").read_text())["models"]["bpe"]
+    tok = write_tokenizer_dir(tmp / "tok", lzma.decompress((FIXTURES / meta["file"]).read_bytes()),
+                              meta["added_tokens"])
+    state = video_parity_state_dict()
+    sha = state_dict_sha256({k: v.to(torch.float16) for k, v in state.items()})
+    ckpt = write_parity_checkpoint(tmp / "ckpt", "sam2", tok, state=state)
+    del state
+    predictor = EvfSam2VideoPredictor.from_pretrained(ckpt)
+    frames, fps = load_video(FIXTURES / "video_clip")
+    prompts = [c["prompt"] for c in ref["cases"]]
+    result = predictor.predict(frames, prompts, keep_logits=True)
+    return {"ref": ref, "weights_sha256": sha, "logits": result.logits, "prompts": prompts,
+            "frames_sha256": [hashlib.sha256(np.ascontiguousarray(f).tobytes()).hexdigest() for f in frames],
+            "ids": [predictor.tokenizer(p)["input_ids"] for p in prompts]}
+
+
+def test_same_inputs_as_the_official_run(parity):
+    ref = parity["ref"]
+    assert parity["weights_sha256"] == ref["weights_sha256"]
+    assert parity["frames_sha256"] == ref["frames_sha256_pil"] == ref["frames_sha256_cv2"]
+    assert parity["ids"] == [c["ids"] for c in ref["cases"]]
+
+
+def test_matches_official_inference_video(parity):
+    ref = parity["ref"]
+    t, h, w = ref["clip"]["frames"], ref["clip"]["height"], ref["clip"]["width"]
+    assert parity["logits"].shape == (len(ref["cases"]), t, h, w)
+    for p, case in enumerate(ref["cases"]):
+        assert case["logits"].shape == (t, h, w)
+        # the object is present on every frame (else the logits are SAM-2's constant -1024)
+        assert (case["logits"].amax((1, 2)) > 0).all() and (case["logits"] > -1000).all()
+        diff = (parity["logits"][p] - case["logits"]).abs().amax((1, 2))  # per frame
+        assert diff.max() < TOL, f"{case['prompt']!r}: max |diff| per frame {diff.tolist()}"
+        assert [int(a) for a in (parity["logits"][p] > 0).sum((1, 2))] == case["areas"]
+
+
+def test_another_prompt_fails_the_comparison(parity):
+    ref = parity["ref"]
+    assert len(ref["cases"]) == 2
+    for p, case in enumerate(ref["cases"]):
+        other = parity["logits"][1 - p]  # the other prompt's logits against this prompt's golden
+        diff = (other - case["logits"]).abs().amax((1, 2))
+        assert (diff > 100 * TOL).all(), f"{case['prompt']!r}: {diff.tolist()}"
 
 
 # ---------------------------------------------------------------------------------------------
