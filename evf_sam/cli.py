@@ -1,4 +1,5 @@
-"""Command line: ``evf-sam predict`` / ``python -m evf_sam predict``; ``evf-sam demo`` (web demo, evf_sam/demo.py).
+"""Command line: ``evf-sam predict`` / ``python -m evf_sam predict``; ``evf-sam demo`` (web demo, evf_sam/demo.py);
+``evf-sam predict-video`` (text-prompted video with EVF-SAM2, evf_sam/video.py).
 
     python -m evf_sam predict --checkpoint evf-sam --image dog.jpg cat.jpg \\
         --prompt "the dog on the left" --prompt "the red ball" --output out/
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="model precision (fp16 needs CUDA; default fp32)")
     de.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="auto = cuda if available, else cpu")
+    _add_video_parser(sub)
     return p
 
 
@@ -140,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "predict-video":
+            return _predict_video(args)
         raise CliError(f"unknown command {args.command!r}")
     except CliError as e:
         if debug:  # the exception that caused it (CliErrors are raised `from None` to keep the line short)
@@ -667,6 +671,71 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         app.close()
         app.evf_session.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Text-prompted video (evf_sam/video.py)
+
+
+def _add_video_parser(sub) -> None:
+    pv = sub.add_parser("predict-video", help="segment a video with text prompts (EVF-SAM2 checkpoints)",
+                        description="Text prompt(s) on one frame give the initial masks (EVF-SAM2); SAM-2's video "
+                                    "predictor propagates them through the video. Writes masks/<prompt>/<frame>.png, "
+                                    "overlay.mp4 and video.json into --output.")
+    pv.add_argument("--checkpoint", required=True, type=Path, metavar="DIR_OR_HUB_ID", help=CHECKPOINT_HELP)
+    pv.add_argument("--video", required=True, type=Path, metavar="FILE_OR_FRAME_DIR",
+                    help="a video file (mp4, ...; needs PyAV) or a directory of frames (00000.jpg, ...)")
+    pv.add_argument("--prompt", action="extend", nargs="+", default=[], metavar="TEXT",
+                    help="text prompt(s), each tracked as its own object; may be repeated")
+    pv.add_argument("--frame", type=int, default=0, metavar="N",
+                    help="the frame the prompts describe (default 0, as the official code); tracking runs "
+                         "forward from it, then backward")
+    pv.add_argument("--output", required=True, type=Path, metavar="DIR", help="output directory")
+    pv.add_argument("--fps", type=float, default=None,
+                    help="frame rate of overlay.mp4 (default: the video's, 30 for a frame directory)")
+    pv.add_argument("--no-overlay", action="store_true", help="write only the masks and video.json")
+    pv.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                    help="model precision (fp16 needs CUDA; default fp32)")
+    pv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto = cuda if available, else cpu")
+
+
+def _predict_video(args: argparse.Namespace) -> int:
+    from evf_sam import video
+
+    prompts = [_clean_prompt(p, f"(--prompt #{i + 1}: {p!r})") for i, p in enumerate(args.prompt)]
+    if not prompts:
+        raise CliError("no --prompt given; pass --prompt TEXT (repeat it to track several objects)")
+    if args.fps is not None and not args.fps > 0:
+        raise CliError(f"--fps must be positive, got {args.fps}")
+    device, dtype = _device_and_dtype(args.device, args.precision)
+    try:
+        frames, fps = video.load_video(args.video)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    except (ValueError, ImportError, OSError) as e:
+        raise CliError(f"cannot read --video {str(args.video)!r}: {e}") from None
+    if not 0 <= args.frame < len(frames):
+        raise CliError(f"--frame {args.frame} is outside the video ({len(frames)} frames: 0..{len(frames) - 1})")
+    _check_output(args.output)
+    checkpoint = _resolve_checkpoint(args.checkpoint)
+    _check_checkpoint(checkpoint)
+    predictor = _load_predictor(checkpoint, dtype, device)
+    try:
+        vp = video.EvfSam2VideoPredictor(predictor.model, tokenizer=predictor.tokenizer)
+    except ValueError as e:
+        raise CliError(f"{e}; predict-video needs an EVF-SAM2 checkpoint (e.g. YxZhang/evf-sam2)") from None
+    try:
+        result = vp.predict(frames, prompts, frame_idx=args.frame)
+        summary = video.write_video_outputs(
+            args.output, frames, result, fps=args.fps or fps, overlay=not args.no_overlay,
+            meta={"checkpoint": str(args.checkpoint), "video": str(args.video), "device": str(device),
+                  "precision": args.precision})
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CliError(f"video prediction failed: {e.__class__.__name__}: {e}; nothing was written") from None
+    print(f"{PROG}: wrote masks of {len(prompts)} prompt{'s' if len(prompts) != 1 else ''} on {summary['frames']} "
+          f"frames to {args.output}" + (f" (+ {summary['overlay']})" if summary["overlay"] else ""), file=sys.stderr)
     return 0
 
 

@@ -305,18 +305,21 @@ def resize_mask_like_sam(mask: np.ndarray, size: int = 1024, resize_mode: str = 
 # BEiT-3 branch
 
 
-def beit3_preprocess(image: np.ndarray, size: int = 224) -> Tensor:
-    """(H, W, 3) uint8 RGB -> (3, size, size) float32: /255, bicubic (no antialias), (x - 0.5) / 0.5."""
+def beit3_preprocess(image: np.ndarray, size: int = 224, *, antialias: bool = False) -> Tensor:
+    """(H, W, 3) uint8 RGB -> (3, size, size) float32: /255, bicubic, (x - 0.5) / 0.5.
+
+    ``antialias=False``: official inference.py / eval.py (``Resize(..., antialias=None)``);
+    ``antialias=True``: official inference_video.py, whose ``Resize`` keeps torchvision's default."""
     image = _check_uint8_rgb(image)
     x = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(torch.float32).div(255)  # ToTensor
-    return beit3_resize_normalize(x[None], size)[0]
+    return beit3_resize_normalize(x[None], size, antialias=antialias)[0]
 
 
-def beit3_resize_normalize(x: Tensor, size: int = 224) -> Tensor:
+def beit3_resize_normalize(x: Tensor, size: int = 224, *, antialias: bool = False) -> Tensor:
     """Batched tensor form: (B, 3, H, W) float in [0, 1] -> (B, 3, size, size). Identical per image
     to `beit3_preprocess`."""
     if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias)
     mean = torch.tensor(BEIT3_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.tensor(BEIT3_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - mean) / std

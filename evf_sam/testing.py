@@ -30,6 +30,7 @@ from evf_sam.models.evf_sam import EvfSam, EvfSamConfig, build_evf_sam
 __all__ = ["PARITY_FAMILIES", "TINY_SENTENCES", "build_tiny_model", "make_tokenizer", "parity_config",
            "parity_image", "parity_official_config", "parity_shapes", "parity_state_dict", "parity_tensor",
            "state_dict_sha256", "tiny_config", "tiny_inputs", "write_official_checkpoint", "write_parity_checkpoint",
+           "video_clip", "video_parity_state_dict", "force_object_present",
            "write_parity_refer"]
 
 _COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
@@ -208,12 +209,40 @@ def parity_shapes(family: str) -> dict[str, tuple[int, ...]]:
 
 
 def write_parity_checkpoint(out_dir: str | Path, family: str, tokenizer_dir: str | Path,
-                            shapes: Mapping[str, Sequence[int]] | None = None) -> Path:
+                            shapes: Mapping[str, Sequence[int]] | None = None,
+                            state: Mapping[str, Tensor] | None = None) -> Path:
     """The official-format directory of the parity model: `parity_official_config`, fp16
-    ``pytorch_model.bin`` of `parity_state_dict` (official names), the tokenizer files."""
-    state = {k: v.to(torch.float16) for k, v in parity_state_dict(shapes or parity_shapes(family)).items()}
+    ``pytorch_model.bin`` of `parity_state_dict` (official names; or ``state``, e.g.
+    `video_parity_state_dict`), the tokenizer files."""
+    if state is None:
+        state = parity_state_dict(shapes or parity_shapes(family))
+    state = {k: v.to(torch.float16) for k, v in state.items()}
     return write_checkpoint_dir(out_dir, config=parity_official_config(family), state=state,
                                 tokenizer_dir=tokenizer_dir, fmt="bin")
+
+
+# SAM-2's object-score head decides whether the tracked object is in a frame at all; where it says no,
+# the frame's logits are the constant -1024 (NO_OBJ_SCORE) whatever the prompt. Random weights (the
+# seeded parity ones, the tiny test models) score about -0.5 on every frame after the prompt frame, so
+# every propagated mask would be empty and no comparison could tell two prompts apart. The video
+# fixtures therefore set this one bias (the head's output) to +4: the object is present on every frame.
+OBJ_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"  # SAM2Base name
+VIDEO_OBJ_SCORE_BIAS = 4.0
+
+
+def video_parity_state_dict(shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Tensor]:
+    """`parity_state_dict` of the EVF-SAM2 parity model with the object-score output bias at
+    `VIDEO_OBJ_SCORE_BIAS` (official names; tests/test_video.py, scripts/make_official_video_golden.py)."""
+    state = parity_state_dict(shapes or parity_shapes("sam2"))
+    state[f"visual_model.{OBJ_SCORE_BIAS}"] = torch.full((1,), VIDEO_OBJ_SCORE_BIAS)
+    return state
+
+
+def force_object_present(model: EvfSam, bias: float = VIDEO_OBJ_SCORE_BIAS) -> EvfSam:
+    """Sets an EVF-SAM2 model's object-score output bias (see `VIDEO_OBJ_SCORE_BIAS`); returns the model."""
+    with torch.no_grad():
+        model.sam.get_parameter(OBJ_SCORE_BIAS).fill_(bias)
+    return model
 
 
 def parity_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -282,3 +311,32 @@ def write_parity_refer(root: str | Path, images: Sequence[Mapping]) -> Path:
     write_refer(root, "refcoco", "unc", images=infos, annotations=anns,
                 categories=[{"id": 1, "name": "thing", "supercategory": "thing"}], refs=refs)
     return root
+
+
+def video_clip(n_frames: int, height: int, width: int, seed: int = 0, *, radius: int | None = None,
+               background: str = "parity") -> tuple[list[np.ndarray], np.ndarray]:
+    """A clip of a red disc moving left to right (tests/test_video.py, scripts/make_official_video_golden.py).
+
+    Frame t: the disc's centre is at row ``height // 2``, column ``width // 4 + t * (width // 2) //
+    max(n_frames - 1, 1)`` (integer arithmetic only). ``background``: "parity" (`parity_image` of the
+    clip's size and ``seed``, the same every frame) or "flat" (mid grey).
+    -> frames: T arrays (H, W, 3) uint8; masks: (T, H, W) bool, the disc in each frame.
+    """
+    if background == "parity":
+        base = parity_image(height, width, seed).astype(np.int64)
+    elif background == "flat":
+        base = np.full((height, width, 3), 128, dtype=np.int64)
+    else:
+        raise ValueError(f"background must be 'parity' or 'flat', got {background!r}")
+    r = radius if radius is not None else max(2, min(height, width) // 5)
+    y = np.arange(height, dtype=np.int64)[:, None]
+    x = np.arange(width, dtype=np.int64)[None, :]
+    frames, masks = [], []
+    for t in range(n_frames):
+        cy, cx = height // 2, width // 4 + t * (width // 2) // max(n_frames - 1, 1)
+        inside = (y - cy) ** 2 + (x - cx) ** 2 <= r * r
+        img = base.copy()
+        img[inside] = (235, 25, 25)
+        frames.append(img.astype(np.uint8))
+        masks.append(inside)
+    return frames, np.stack(masks)

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q torch==2.14.1 torchvision==0.29.1
-$PY -m pip install -q -e ".[train,test,demo]"
+$PY -m pip install -q -e ".[train,test,demo,video]"
 # DeepSpeed's build imports torch, so it must see the torch installed above.
 $PY -m pip show deepspeed >/dev/null 2>&1 || $PY -m pip install -q --no-build-isolation deepspeed==0.19.8
 # SAM-2 (EVF-SAM2, paper Tab. 7) from Meta's `sam2` package; its setup.py imports torch too. The
