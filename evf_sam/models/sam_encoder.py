@@ -374,14 +374,15 @@ class FastImageEncoderViT(nn.Module):
     # -- conversion -------------------------------------------------------------------------------
 
     @classmethod
-    def from_reference(cls, encoder: ImageEncoderViT, *, share: bool = True,
+    def from_reference(cls, encoder: "ImageEncoderViT | FastImageEncoderViT", *, share: bool = True,
                        compute_dtype: torch.dtype | None = None) -> "FastImageEncoderViT":
-        """A fast encoder with ``encoder``'s architecture and weights.
+        """A fast encoder with ``encoder``'s architecture and weights (``encoder``: segment-anything's, or
+        another `FastImageEncoderViT`, e.g. for a second compute dtype over the same weights).
 
         share=True: the new module holds the very same Parameter objects (no copy; ``encoder`` and the
         result stay in sync); False: copies. ``requires_grad`` and the training flag are kept.
         """
-        if not isinstance(encoder, ImageEncoderViT):
+        if not isinstance(encoder, (ImageEncoderViT, FastImageEncoderViT)):
             raise TypeError(f"from_reference expects segment_anything's ImageEncoderViT, got {type(encoder).__name__}")
         kw = _reference_kwargs(encoder)
         with torch.device("meta"):
