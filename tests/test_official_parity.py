@@ -118,7 +118,8 @@ def run_family(family: str, tmp: Path, tok_dir: Path) -> dict:
 
     # official eval.py -> our evaluation dataset + the stages evaluate() runs
     from evf_sam.data.eval_dataset import build_eval_dataset
-    from evf_sam.engine.evaluate import _tokenize, evaluate
+    from evf_sam.engine.evaluate import evaluate
+    from evf_sam.models.encoders import tokenize_for_encoder
 
     eval_images = {e["image_id"] for e in ref["eval"]}
     refer = [{"image_id": e["image_id"], "height": images[e["image"]].shape[0],
@@ -134,7 +135,7 @@ def run_family(family: str, tmp: Path, tok_dir: Path) -> dict:
             key = _sha256(item.sam_image)
             if key not in embeddings:
                 embeddings[key] = model.encode_image(item.sam_image[None])
-            ids, pad = _tokenize(model, tok, item.sentences, model.max_text_len)
+            ids, pad = tokenize_for_encoder(str(model.config.encoder), tok, item.sentences, model.max_text_len)
             n = len(item.sentences)
             prompts = model.encode_prompts(item.beit_image[None].expand(n, -1, -1, -1), ids, pad)
             low_res, _ = model.decode_masks(embeddings[key], prompts, torch.zeros(n, dtype=torch.long))
