@@ -128,7 +128,7 @@ def test_key_names_encoder_and_precision(tmp_path):
 def test_fast_build_same_rows_when_the_model_already_runs_the_fast_encoder(tmp_path):
     from evf_sam.models.sam_encoder import FastImageEncoderViT, use_fast_sam_encoder
 
-    model = build_tiny_model(seed=0)
+    model = build_tiny_model(seed=0, sam_encoder="reference")
     load = _images(model)
     a = EmbeddingCache.open_or_build(tmp_path / "a", model, [1, 2], load)
     use_fast_sam_encoder(model)  # fp32 fast encoder in the model: the cache derives its bf16 one from it
