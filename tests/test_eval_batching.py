@@ -42,9 +42,9 @@ def _logits(env, batch_size: int, num_workers: int = 0) -> dict[tuple[int, int],
             sizes.append(len(batch))
             low = predict_batch(model, env["tok"], batch, device="cpu", dtype=torch.float32, max_len=model.max_text_len)
             assert len(low) == len(batch)
-            for it, lr in zip(batch.items, low):
+            for it, lr in zip(batch.items, low, strict=True):
                 assert it.sam_image is None and lr.shape[0] == len(it.sentences)
-                for sid, x in zip(it.sent_ids, lr):
+                for sid, x in zip(it.sent_ids, lr, strict=True):
                     out[(it.image_id, sid)] = x
     assert sum(sizes) == len(env["ds"]) and max(sizes) == min(batch_size, len(env["ds"]))
     return out

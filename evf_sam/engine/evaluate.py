@@ -99,7 +99,7 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
             items = batch.items
             with amp:
                 low_res = predict_batch(model, tokenizer, batch, device=device, dtype=in_dtype, max_len=max_len)
-            for it, item_low_res in zip(items, low_res):  # (n, 1, 4h, 4w) per image
+            for it, item_low_res in zip(items, low_res, strict=True):  # (n, 1, 4h, 4w) per image
                 logits = model.postprocess_masks(item_low_res.float(), it.input_size, it.original_size)
                 pred = logits[:, 0] > 0  # (n, H, W)
                 ignore = getattr(it, "ignore_mask", None)
