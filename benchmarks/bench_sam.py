@@ -193,6 +193,9 @@ def build_model(args, tmp: Path):
     device = torch.device(args.device)
     if args.checkpoint:
         pred = EvfSamPredictor.from_pretrained(args.checkpoint, dtype=torch.float32, device=device)
+        from evf_sam.models.sam_encoder import use_reference_sam_encoder
+
+        use_reference_sam_encoder(pred.model)  # the official arithmetic first (the default is the fast encoder)
         return pred.model, pred.tokenizer
     from evf_sam.models.encoders import load_encoder_tokenizer
     from evf_sam.models.evf_sam import EvfSamConfig, build_evf_sam
@@ -202,7 +205,8 @@ def build_model(args, tmp: Path):
     sam_variant, encoder = SIZES[args.size]
     torch.manual_seed(args.seed)
     overrides = {"vocab_size": 1000} if args.size == "tiny" else {}
-    model = build_evf_sam(EvfSamConfig(sam_variant=sam_variant, encoder=encoder, encoder_overrides=overrides))
+    model = build_evf_sam(EvfSamConfig(sam_variant=sam_variant, encoder=encoder, encoder_overrides=overrides,
+                                       sam_encoder="reference"))  # the official arithmetic first
     with torch.no_grad():
         for name, p in model.sam.image_encoder.named_parameters():
             if "pos" in name:  # pos_embed, rel_pos_h, rel_pos_w

@@ -3,12 +3,22 @@
 
     python benchmarks/bench_train.py --size tiny --steps 10            # CPU-friendly
     python benchmarks/bench_train.py --size large --micro-batch 16 --precision bf16   # one GPU, random weights
-    python benchmarks/bench_train.py --size large --micro-batch 2 --steps 3 --warmup 1 --num-images 4   # CPU; fp32 AdamW over BEiT-3-L: ~16-20 GB RAM (estimate)
+    python benchmarks/bench_train.py --size large --micro-batch 2 --steps 3 --warmup 1 --num-images 4   # CPU; needs > 14 GB free RAM
+    python benchmarks/bench_train.py --size base --micro-batch 2 --steps 2 --warmup 1 --num-images 4    # CPU, fits in ~8 GB
 
 Sizes (random weights, random data: `data=random`): tiny (SAM tiny + beit3_tiny), base (SAM ViT-B +
 BEiT-3-B), large (SAM ViT-H + BEiT-3-L, the paper's model). Each configuration runs the real trainer
 (DeepSpeed ZeRO-2, 1 process) in a subprocess; the first `--warmup` steps are dropped. The peak resident
-memory of each run is printed (large in fp32 on CPU: AdamW states of BEiT-3-L + ZeRO buffers + SAM-H).
+memory of each run is printed (large in fp32 on CPU: AdamW states of BEiT-3-L + ZeRO buffers + SAM-H),
+with the load average at the start and the end (the figures are wall-clock: on a shared machine, say so).
+The cached run builds its cache first (fast SAM encoder in bf16, `data.embedding_cache_*`); only the
+training steps are timed.
+
+Measured on the shared 2-core CPU (24 GiB, 8-16 GB of it used by other sessions): --size large in fp32
+was OOM-killed twice during its first step at 13.5-13.7 GB resident (ZeRO-2 + AdamW over BEiT-3-L +
+SAM-H in the loop; smaller ZeRO buckets, 5e7, did not lower that), so it needs a machine with more
+free memory. --size base --micro-batch 2 --steps 1 --warmup 0 --num-images 2 (nice -n 10, load 17 -> 11):
+478.3 s per step without the cache, 96.0 s with it (x4.98), 8.7 GiB peak each.
 """
 
 from __future__ import annotations
@@ -71,16 +81,22 @@ def main() -> None:
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra Hydra overrides for both runs (e.g. trainable=enc_proj)")
     args = ap.parse_args()
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         res = {c: run(args.size, c, args, work) for c in (False, True)}
+    load1 = os.getloadavg()
+    per_step = args.micro_batch * args.grad_accum  # samples per optimizer step (1 process)
     print(f"size={args.size} micro-batch={args.micro_batch} accumulation={args.grad_accum} "
-          f"precision={args.precision} steps={args.steps} (+{args.warmup} warm-up)")
-    print(f"{'step':>4}  {'no cache (samples/s)':>22}  {'cache (samples/s)':>18}")
+          f"precision={args.precision} steps={args.steps} (+{args.warmup} warm-up) threads={os.cpu_count()} cpus")
+    print(f"load average (1/5/15 min): start {' '.join(f'{x:.1f}' for x in load0)}, "
+          f"end {' '.join(f'{x:.1f}' for x in load1)}")
+    print(f"{'step':>4}  {'no cache (samples/s, s/step)':>30}  {'cache (samples/s, s/step)':>27}")
     for i, (a, b) in enumerate(zip(res[False], res[True])):
-        print(f"{i + args.warmup + 1:>4}  {a:>22.2f}  {b:>18.2f}")
+        print(f"{i + args.warmup + 1:>4}  {a:>18.3f} {per_step / a:>11.1f}  {b:>15.3f} {per_step / b:>11.1f}")
     ma, mb = statistics.median(res[False]), statistics.median(res[True])
-    print(f"{'med':>4}  {ma:>22.2f}  {mb:>18.2f}   speed-up x{mb / ma:.2f}")
+    print(f"{'med':>4}  {ma:>18.3f} {per_step / ma:>11.1f}  {mb:>15.3f} {per_step / mb:>11.1f}   "
+          f"speed-up x{mb / ma:.2f} per step with the embedding cache")
     print(f"peak resident memory (GiB): no cache {peak_gib[False]:.1f}, cache {peak_gib[True]:.1f}")
 
 

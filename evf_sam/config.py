@@ -184,7 +184,9 @@ class DataConfig:
     max_text_len: Optional[int] = MISSING  # None: the encoder's text position table
     num_workers: int = MISSING
     embedding_cache: Optional[str] = MISSING  # a directory: cache the frozen SAM image embeddings there
-    embedding_cache_dtype: str = MISSING  # float16 | float32
+    embedding_cache_dtype: str = MISSING  # storage: float16 | bfloat16 | float32
+    embedding_cache_encoder: str = MISSING  # fast (FastImageEncoderViT on the same weights) | model
+    embedding_cache_precision: str = MISSING  # bf16 | fp32
     embedding_cache_batch_size: int = MISSING
 
 

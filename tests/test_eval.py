@@ -155,7 +155,8 @@ def test_eval_script_torchrun_matches_single_process(env):
     import socket
 
     args = [f"checkpoint={env['ckpt']}", f"data.root={env['root']}", "splits=[refcoco|unc|val]", "device=cpu",
-            "data.num_workers=0", "progress=false", f"hydra.run.dir={env['tmp'] / 'hydra_tr'}"]
+            "data.num_workers=0", "progress=false", "batch_size=1",  # bit-identical across world sizes at 1
+            f"hydra.run.dir={env['tmp'] / 'hydra_tr'}"]
     script = str(REPO / "scripts" / "eval_refcoco.py")
     run_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     run_env["OMP_NUM_THREADS"] = "1"

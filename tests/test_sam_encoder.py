@@ -20,6 +20,7 @@ from evf_sam.models.sam_encoder import (
     rel_pos_bias,
     sdpa_backend_report,
     use_fast_sam_encoder,
+    use_reference_sam_encoder,
 )
 
 
@@ -181,7 +182,7 @@ def test_bf16_masks_keep_iou_on_toy_evf_sam(tmp_path):
     from evf_sam.testing import TINY_SENTENCES, build_tiny_model, make_tokenizer
 
     tok = make_tokenizer(tmp_path / "tok")
-    model = build_tiny_model(seed=0, vocab_size=1000)
+    model = build_tiny_model(seed=0, vocab_size=1000, sam_encoder="reference")
     with torch.no_grad():
         for name, p in model.sam.image_encoder.named_parameters():
             if "pos" in name:
@@ -201,7 +202,7 @@ def test_bf16_masks_keep_iou_on_toy_evf_sam(tmp_path):
 def test_use_fast_sam_encoder_on_evf_sam_keeps_state_dict():
     from evf_sam.testing import build_tiny_model, tiny_inputs
 
-    model = build_tiny_model(seed=0)
+    model = build_tiny_model(seed=0, sam_encoder="reference")
     names = {k: v for k, v in model.state_dict().items()}
     inputs = tiny_inputs(model)
     with torch.no_grad():
@@ -264,19 +265,23 @@ def test_config_sam_encoder_fast_builds_and_loads_official_checkpoints(tmp_path)
     from evf_sam.models.evf_sam import EvfSamConfig, build_evf_sam
     from evf_sam.testing import build_tiny_model, tiny_inputs, write_official_checkpoint
 
-    model = build_tiny_model(seed=0)
+    model = build_tiny_model(seed=0, sam_encoder="reference")
     ckpt = write_official_checkpoint(tmp_path / "ckpt", model, dtype=torch.float32)
     fast = build_evf_sam(dataclasses.replace(model.config, sam_encoder="fast"))
     assert isinstance(fast.sam.image_encoder, FastImageEncoderViT)
     assert not any(p.requires_grad for p in fast.sam.image_encoder.parameters())
     fast.load_state_dict(model.state_dict(), strict=True)
     reloaded = load_pretrained(ckpt)
-    use_fast_sam_encoder(reloaded)  # the choice is not part of config.json: switch after loading
+    assert isinstance(reloaded.sam.image_encoder, FastImageEncoderViT)  # the default for SAM-1
+    assert EvfSamConfig(sam_variant="efficient_sam_tiny").sam_encoder == "reference"  # its own encoder
+    ref = use_reference_sam_encoder(load_pretrained(ckpt))
+    assert type(ref) is ImageEncoderViT and not any(p.requires_grad for p in ref.parameters())
     inputs = tiny_inputs(model)
     with torch.no_grad():
         want = model(**inputs)[0]
         assert (fast(**inputs)[0] - want).abs().max().item() <= 1e-4
         assert (reloaded(**inputs)[0] - want).abs().max().item() <= 1e-4
+        assert torch.equal(model.sam.image_encoder(inputs["sam_images"]), ref(inputs["sam_images"]))
     with pytest.raises(ValueError, match="already SDPA"):
         EvfSamConfig(sam_variant="efficient_sam_tiny", sam_encoder="fast")
     with pytest.raises(ValueError, match="unknown sam_encoder"):

@@ -144,14 +144,16 @@ def test_embedding_cache_same_losses(tmp_path):
     cached = tmp_path / "cached"
     cache = tmp_path / "cache"
     # float32 storage: equal up to float32 round-off of the batched encoder (tolerance 1e-5 relative)
-    p = _train(cached, *steps, f"data.embedding_cache={cache}", "data.embedding_cache_dtype=float32")
+    exact = ["data.embedding_cache_dtype=float32", "data.embedding_cache_encoder=model",
+             "data.embedding_cache_precision=fp32"]
+    p = _train(cached, *steps, f"data.embedding_cache={cache}", *exact)
     assert "embedding cache: building" in p.stdout
     a, b = _losses(plain), _losses(cached)
     for s in a:
         assert abs(a[s] - b[s]) <= 1e-5 * abs(a[s]), (s, a[s], b[s])
-    p = _train(tmp_path / "cached2", *steps, f"data.embedding_cache={cache}", "data.embedding_cache_dtype=float32")
+    p = _train(tmp_path / "cached2", *steps, f"data.embedding_cache={cache}", *exact)
     assert "embedding cache: reusing" in p.stdout
-    # float16 storage (the default): within 1e-3 relative of the on-the-fly losses
+    # the default (fast encoder in bf16, float16 storage): within 1e-3 relative of the on-the-fly losses
     _train(tmp_path / "f16", *steps, f"data.embedding_cache={tmp_path / 'cache16'}")
     c = _losses(tmp_path / "f16")
     for s in a:

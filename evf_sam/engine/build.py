@@ -232,7 +232,7 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
         cache = EmbeddingCache.open_or_build(
             data.embedding_cache, model, train_dataset.image_keys(), train_dataset.sam_image,
             device=dist.device, batch_size=data.embedding_cache_batch_size, dtype=data.embedding_cache_dtype,
-            autocast_dtype=dtype if precision != "fp32" else None)
+            encoder=data.embedding_cache_encoder, precision=data.embedding_cache_precision)
 
     # 4. optimizer, schedule, DeepSpeed. Told the accelerator (no detection warning), its logger and the
     # prints of its op builds go to train.log only.

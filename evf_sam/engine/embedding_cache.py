@@ -10,14 +10,27 @@ Images are named by any hashable, sortable, JSON-able id: the training data's `d
 ``(source, image id)`` pairs (stored as ``[source, id]``, read back as tuples, which equal them), or
 plain ints.
 
+How it is computed (``encoder`` / ``precision``, data.embedding_cache_encoder / _precision):
+"fast" + "bf16" (default) runs `FastImageEncoderViT` (models/sam_encoder.py) sharing the SAM-1
+encoder's weights, its linear layers and attention in bfloat16 with fp32 residual / norms / position
+terms (3.3x faster than fp32 on a CPU with native bf16; EfficientSAM's encoder, already SDPA, runs
+under bf16 autocast instead). "model" runs ``model.encode_image`` as configured (autocast for bf16);
+"fp32" computes in float32. Stored as ``dtype``: float16 (default), bfloat16 or float32.
+Measured on the tiny test model against the fp32 reference encoder: fast-bf16 + float16 storage
+moves the embedding by <= 0.011 (max |emb| 3.8) and the decoded low-res logits by <= 6.3e-4 (max
+0.12), mask IoU 0.9993 (plain bf16 autocast: 0.033, 2.1e-3, 0.9965); tests/test_embedding_cache.py
+asserts 0.02, 2e-3 and IoU >= 0.99.
+
 Layout (one directory per key under ``root``)::
 
     root/<key>/embeddings.npy   np.memmap (.npy header), (num_images, C, h, w), float16 by default
+                                (bfloat16: stored as its uint16 bit pattern, numpy has no bfloat16)
     root/<key>/index.json       {"key", "image_ids" (row order), "shape", "dtype", "meta", "complete": true}
 
-The key is a hash of the SAM image-encoder weights (names, shapes, dtypes, bytes) and of the
-preprocessing parameters (input size, pixel mean / std, resize rule, storage dtype): changed
-weights or preprocessing give a new key, so a stale cache is never read; it is rebuilt beside.
+The key is a hash of the SAM image-encoder weights (names, shapes, dtypes, bytes), the preprocessing
+parameters (input size, pixel mean / std, resize rule) and how the rows were computed and stored
+(encoder, precision, storage dtype): any change gives a new key, so a stale cache is never read; it
+is rebuilt beside.
 
 Building is shared by the ranks: rank 0 creates ``root/<key>.tmp-<nonce>/embeddings.npy`` at full
 size, every rank fills the rows ``i % world == rank``, then rank 0 writes index.json and renames the
@@ -49,7 +62,9 @@ logger = logging.getLogger(__name__)
 # 2: image ids are (source, id) pairs; format-1 caches (integer ids with offset ranges per source) get
 # another key, so they are rebuilt beside, never read
 FORMAT_VERSION = 2
-_DTYPES = {"float16": np.float16, "float32": np.float32}
+_DTYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}  # bfloat16: its bit pattern
+ENCODERS = ("fast", "model")
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def weights_hash(module: nn.Module) -> str:
@@ -62,8 +77,10 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(model: nn.Module, *, dtype: str = "float16", preprocess: dict | None = None) -> tuple[str, dict]:
-    """(key, meta) for ``model`` (an EvfSam): SAM image-encoder weights + preprocessing parameters."""
+def cache_key(model: nn.Module, *, dtype: str = "float16", preprocess: dict | None = None, encoder: str = "fast",
+              precision: str = "bf16") -> tuple[str, dict]:
+    """(key, meta) for ``model`` (an EvfSam): SAM image-encoder weights + preprocessing parameters + how
+    the rows are computed (``encoder`` / ``precision``, see `EmbeddingCache.open_or_build`) and stored."""
     from evf_sam.preprocess import PIXEL_MEAN, PIXEL_STD
 
     sam = model.sam
@@ -78,6 +95,8 @@ def cache_key(model: nn.Module, *, dtype: str = "float16", preprocess: dict | No
         "pixel_std": [round(float(x), 6) for x in std],
         "preprocess": dict(preprocess or default),
         "dtype": dtype,
+        "encoder": _effective_encoder(model, encoder),
+        "precision": precision,
         "weights_sha256": weights_hash(sam.image_encoder),
     }
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
@@ -114,24 +133,36 @@ class EmbeddingCache:
             rows = [self.row[i] for i in image_ids]
         except KeyError as e:
             raise KeyError(f"image id {e.args[0]} is not in the embedding cache {self.path}") from None
-        arr = np.stack([self.array[r] for r in rows])
-        return torch.from_numpy(arr).to(device=device, dtype=dtype, non_blocking=True)
+        x = torch.from_numpy(np.stack([self.array[r] for r in rows]))
+        if self.array.dtype == np.uint16:  # bfloat16 rows (their bit pattern)
+            x = x.view(torch.bfloat16)
+        return x.to(device=device, dtype=dtype, non_blocking=True)
 
     # -- building -------------------------------------------------------------------------------
 
     @classmethod
     def open_or_build(cls, root: str | Path, model: nn.Module, image_ids: Sequence[Hashable],
                       load_sam_image: Callable[[Any], Tensor], *, device: torch.device | str = "cpu",
-                      batch_size: int = 8, dtype: str = "float16",
-                      autocast_dtype: torch.dtype | None = None, preprocess: dict | None = None) -> "EmbeddingCache":
+                      batch_size: int = 8, dtype: str = "float16", encoder: str = "fast", precision: str = "bf16",
+                      preprocess: dict | None = None) -> "EmbeddingCache":
         """Opens ``root/<key>`` if complete and covering ``image_ids``; else builds it (all ranks call this).
 
         load_sam_image: image id -> (3, S, S) float32 SAM-preprocessed image (e.g. ``dataset.sam_image``).
+        dtype: storage, "float16" | "bfloat16" | "float32".
+        encoder: "fast" (a `FastImageEncoderViT` sharing the SAM-1 encoder's weights; other SAMs: their
+            own encoder) | "model" (``model.encode_image`` as it is).
+        precision: "bf16" (fast: bf16 linear layers + attention, fp32 residual / norms; otherwise bf16
+            autocast) | "fp32".
         """
         if dtype not in _DTYPES:
             raise ValueError(f"embedding cache dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"embedding cache encoder must be one of {list(ENCODERS)}, got {encoder!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"embedding cache precision must be one of {list(PRECISIONS)}, got {precision!r}")
         root = Path(root)
-        key, meta = cache_key(model, dtype=dtype, preprocess=preprocess) if D.is_main() else (None, None)
+        key, meta = cache_key(model, dtype=dtype, preprocess=preprocess, encoder=encoder,
+                              precision=precision) if D.is_main() else (None, None)
         key, meta = D.broadcast_object((key, meta))
         final = root / key
         wanted = sorted(set(image_ids))
@@ -172,16 +203,12 @@ class EmbeddingCache:
         mine = list(range(D.rank(), len(wanted), D.world_size()))
         was_training = enc.training
         enc.eval()
+        encode = _row_encoder(model, meta["encoder"], PRECISIONS[precision], torch.device(device))
         with torch.no_grad():
             for start in range(0, len(mine), batch_size):
                 rows = mine[start:start + batch_size]
                 x = torch.stack([load_sam_image(wanted[r]) for r in rows]).to(device)
-                if autocast_dtype is not None and torch.device(device).type == "cuda":
-                    with torch.autocast("cuda", dtype=autocast_dtype):
-                        emb = model.encode_image(x)
-                else:
-                    emb = model.encode_image(x.to(next(enc.parameters()).dtype))
-                arr[rows] = emb.float().cpu().numpy().astype(_DTYPES[dtype])
+                arr[rows] = _to_storage(encode(x.to(next(enc.parameters()).dtype)), dtype)
         enc.train(was_training)
         arr.flush()
         del arr
@@ -203,6 +230,45 @@ class EmbeddingCache:
             logger.info("embedding cache: wrote %s", final)
         D.barrier()
         return cls(final)
+
+
+def _effective_encoder(model: nn.Module, encoder: str) -> str:
+    """"fast" only where there is a segment-anything encoder to replace; "model" otherwise."""
+    if encoder == "fast":
+        from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+        from evf_sam.models.sam_encoder import FastImageEncoderViT
+
+        if isinstance(getattr(model.sam, "image_encoder", None), (ImageEncoderViT, FastImageEncoderViT)):
+            return "fast"
+    return "model"
+
+
+def _row_encoder(model: nn.Module, encoder: str, compute: torch.dtype,
+                 device: torch.device) -> Callable[[Tensor], Tensor]:
+    """(B, 3, S, S) -> (B, C, h, w): the SAM image encoder as the cache computes it (see `open_or_build`)."""
+    if encoder == "fast":
+        from evf_sam.models.sam_encoder import FastImageEncoderViT
+
+        # shares the parameters (no copy, weights stay in their dtype; bf16 casts happen per layer)
+        fast = FastImageEncoderViT.from_reference(model.sam.image_encoder, share=True,
+                                                  compute_dtype=None if compute == torch.float32 else compute)
+        return fast.eval()
+    if compute == torch.float32:
+        return model.encode_image
+
+    def autocast_encode(x: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=compute):
+            return model.encode_image(x)
+
+    return autocast_encode
+
+
+def _to_storage(emb: Tensor, dtype: str) -> np.ndarray:
+    """(B, C, h, w) -> numpy rows in the storage ``dtype`` (bfloat16 as uint16 bits; rounded to nearest)."""
+    if dtype == "bfloat16":
+        return emb.detach().to("cpu", torch.bfloat16).view(torch.uint16).numpy()
+    return emb.detach().float().cpu().numpy().astype(_DTYPES[dtype])
 
 
 def _to_json(image_id: Hashable) -> Any:

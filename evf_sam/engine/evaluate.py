@@ -4,8 +4,9 @@
                        device="cuda", dtype=torch.bfloat16)
     # {"ciou", "giou", "pr@0.5", ..., "pr@0.9", "n_expressions", "n_images"}
 
-Per image: one ``encode_image``; all its expressions go through ``encode_prompts`` and
-``decode_masks`` as one batch; mask = postprocessed logits (original size) > 0, as the official
+Per batch of ``batch_size`` images: one ``encode_image``; all their expressions go through
+``encode_prompts`` and ``decode_masks`` as one batch (`evf_sam.engine.batched_eval`: results equal
+batch 1 up to float rounding, DataLoader workers prepare the next batches meanwhile); mask = postprocessed logits (original size) > 0, as the official
 evaluation. Under torch.distributed rank r evaluates images r, r + W, ... and the integer metric
 sums are all-reduced, so the numbers are identical for every world size (with batch_size=1).
 
@@ -26,8 +27,8 @@ import torch
 
 from evf_sam.atomic import atomic_write_text
 from evf_sam.data.batch import text_length
+from evf_sam.engine.batched_eval import eval_loader, predict_batch
 from evf_sam.metrics import ClassIoU, RefMetrics
-from evf_sam.models.encoders import tokenize_for_encoder
 from evf_sam.precision import dtype_of
 
 __all__ = ["METRIC_KEYS", "PAPER_ALIAS", "check_eval_checkpoint", "check_eval_splits", "eval_config", "evaluate",
@@ -52,7 +53,9 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     inputs are cast to the model's dtype (weights in bf16 / fp16 as the official eval), and a model in
     fp32 with a lower ``dtype`` on CUDA runs under autocast. max_images: first N images of the split.
     save_masks_dir: writes ``<image_id:012d>_<ref_id>_<sent_id>.png`` (0 / 255) per expression.
-    batch_size: images per forward (1 keeps results bit-identical across world sizes).
+    batch_size: images per SAM encoder forward (`evf_sam.engine.batched_eval`: equal to batch 1 up to
+        float rounding; 1 keeps results bit-identical across world sizes).
+    num_workers: DataLoader workers reading / preprocessing the next batches during the forward.
     rank / world_size: default from torch.distributed (0 / 1 when not initialised).
     Returns the metrics on every rank (already reduced over ranks).
     """
@@ -83,8 +86,8 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     class_iou = None
     if getattr(dataset, "num_classes", None):  # semantic-segmentation split: + mIoU over its classes
         class_iou = ClassIoU(dataset.num_classes)
-    loader = torch.utils.data.DataLoader(shard, batch_size=max(1, int(batch_size)), shuffle=False,
-                                         num_workers=int(num_workers), collate_fn=list)
+    # images batched through the SAM encoder, the next batches prepared by the workers meanwhile
+    loader = eval_loader(shard, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -93,20 +96,12 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
         bar = tqdm(total=len(shard), desc=name if world_size == 1 else f"{name} (rank 0 of {world_size})",
                    unit="img", dynamic_ncols=True)
     try:
-        for items in loader:
-            sam = torch.stack([it.sam_image for it in items]).to(device, in_dtype)  # (B, 3, S, S)
-            beit = torch.stack([it.beit_image for it in items]).to(device, in_dtype)  # (B, 3, b, b)
-            sentences = [s for it in items for s in it.sentences]
-            image_index = torch.tensor([b for b, it in enumerate(items) for _ in it.sentences], device=device)
-            ids, pad = tokenize_for_encoder(str(model.config.encoder), tokenizer, sentences, max_len)
+        for batch in loader:
+            items = batch.items
             with amp:
-                emb = model.encode_image(sam)  # (B, C, h, w)
-                prompts = model.encode_prompts(beit.index_select(0, image_index), ids.to(device), pad.to(device))
-                low_res, _ = model.decode_masks(emb, prompts, image_index)  # (N, 1, 4h, 4w)
-            start = 0
-            for it in items:
-                n = len(it.sentences)
-                logits = model.postprocess_masks(low_res[start:start + n].float(), it.input_size, it.original_size)
+                low_res = predict_batch(model, tokenizer, batch, device=device, dtype=in_dtype, max_len=max_len)
+            for it, item_low_res in zip(items, low_res, strict=True):  # (n, 1, 4h, 4w) per image
+                logits = model.postprocess_masks(item_low_res.float(), it.input_size, it.original_size)
                 pred = logits[:, 0] > 0  # (n, H, W)
                 ignore = getattr(it, "ignore_mask", None)
                 if ignore is not None:  # (H, W) unlabeled pixels of semantic data: in neither I nor U
@@ -117,7 +112,6 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
                 metrics.add_images(1)
                 if save_dir is not None:
                     _save_masks(save_dir, it, pred)
-                start += n
             if bar is not None:
                 bar.update(len(items))
     finally:

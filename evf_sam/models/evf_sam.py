@@ -58,12 +58,16 @@ class EvfSamConfig:
     sam_stability_fallback: bool | None = None
     # SAM-1 image encoder implementation, same weights and names: "reference" (segment-anything's
     # ImageEncoderViT) or "fast" (models/sam_encoder.py: SDPA; precision / compile are set at run time
-    # with use_fast_sam_encoder(model, compute_dtype=..., compile=...)).
-    sam_encoder: str = "reference"
+    # with use_fast_sam_encoder(model, compute_dtype=..., compile=...)). None = "fast" for SAM-1 (fp32:
+    # the reference's embedding within 1e-4, official parity tests green), "reference" (the family's own
+    # encoder, already SDPA) for EfficientSAM / SAM-2. Not written to config.json.
+    sam_encoder: str | None = None
 
     def __post_init__(self) -> None:
         if self.sam_variant not in SAM_VARIANTS:
             raise ValueError(f"unknown sam_variant {self.sam_variant!r}; choose one of {', '.join(SAM_VARIANTS)}")
+        if self.sam_encoder is None:
+            self.sam_encoder = "fast" if sam_family(self.sam_variant) == "sam" else "reference"
         if self.sam_encoder not in ("reference", "fast"):
             raise ValueError(f"unknown sam_encoder {self.sam_encoder!r}; choose 'reference' or 'fast'")
         if self.sam_encoder == "fast" and sam_family(self.sam_variant) != "sam":

@@ -58,7 +58,8 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import ImageEncoderViT, get_rel_pos
 from torch import Tensor, nn
 
-__all__ = ["FastImageEncoderViT", "rel_pos_bias", "sdpa_backend_report", "use_fast_sam_encoder"]
+__all__ = ["FastImageEncoderViT", "rel_pos_bias", "sdpa_backend_report", "use_fast_sam_encoder",
+           "use_reference_sam_encoder"]
 
 _LINEARS = ("attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2")  # what `compute_dtype` runs in low precision
 
@@ -374,14 +375,15 @@ class FastImageEncoderViT(nn.Module):
     # -- conversion -------------------------------------------------------------------------------
 
     @classmethod
-    def from_reference(cls, encoder: ImageEncoderViT, *, share: bool = True,
+    def from_reference(cls, encoder: "ImageEncoderViT | FastImageEncoderViT", *, share: bool = True,
                        compute_dtype: torch.dtype | None = None) -> "FastImageEncoderViT":
-        """A fast encoder with ``encoder``'s architecture and weights.
+        """A fast encoder with ``encoder``'s architecture and weights (``encoder``: segment-anything's, or
+        another `FastImageEncoderViT`, e.g. for a second compute dtype over the same weights).
 
         share=True: the new module holds the very same Parameter objects (no copy; ``encoder`` and the
         result stay in sync); False: copies. ``requires_grad`` and the training flag are kept.
         """
-        if not isinstance(encoder, ImageEncoderViT):
+        if not isinstance(encoder, (ImageEncoderViT, FastImageEncoderViT)):
             raise TypeError(f"from_reference expects segment_anything's ImageEncoderViT, got {type(encoder).__name__}")
         kw = _reference_kwargs(encoder)
         with torch.device("meta"):
@@ -465,6 +467,28 @@ def use_fast_sam_encoder(model: nn.Module, *, compute_dtype: torch.dtype | None 
     if compile:
         fast.compile_blocks()
     return fast
+
+
+def use_reference_sam_encoder(model: nn.Module) -> ImageEncoderViT:
+    """The inverse of `use_fast_sam_encoder`: segment-anything's ``ImageEncoderViT`` sharing the weights of
+    ``model``'s `FastImageEncoderViT` (an `EvfSam` or a ``Sam``), swapped in place and returned (e.g. to
+    run the official arithmetic, as benchmarks/bench_sam.py does). A reference encoder is returned as is."""
+    sam = getattr(model, "sam", model)
+    enc = getattr(sam, "image_encoder", None)
+    if isinstance(enc, ImageEncoderViT):
+        return enc
+    if not isinstance(enc, FastImageEncoderViT):
+        raise TypeError(f"use_reference_sam_encoder needs a segment-anything SAM; this model's image encoder is "
+                        f"{type(enc).__name__}")
+    with torch.device("meta"):
+        ref = ImageEncoderViT(**_reference_kwargs(enc))
+    state = enc.state_dict(keep_vars=True)
+    for name, p in ref.named_parameters():
+        p.requires_grad_(state[name].requires_grad)
+    ref.load_state_dict(state, strict=True, assign=True)
+    ref.train(enc.training)
+    sam.image_encoder = ref
+    return ref
 
 
 def sdpa_backend_report(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
