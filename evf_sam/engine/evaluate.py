@@ -12,6 +12,10 @@ sums are all-reduced, so the numbers are identical for every world size (with ba
 Semantic-segmentation splits (`evf_sam.data.eval_dataset.SemanticEvalDataset`, paper Tab. 6) give items
 with a class id per expression (and optionally an ignore mask, left out of I and U): the result then
 also has ``miou`` (per-class ΣI/ΣU, mean over the classes that occur) and ``n_classes``.
+
+gRefCOCO splits (`evf_sam.data.eval_dataset.GReferEvalDataset`, ``grefcoco|unc|val``) are scored with
+`evf_sam.metrics.GRefMetrics`: + ``n_acc``, ``t_acc``, ``n_no_target`` (an expression may name several
+objects or none; a prediction with area <= ``empty_area`` of the image counts as empty: eval.yaml key).
 """
 
 from __future__ import annotations
@@ -26,16 +30,17 @@ import torch
 
 from evf_sam.atomic import atomic_write_text
 from evf_sam.data.batch import text_length
-from evf_sam.metrics import ClassIoU, RefMetrics
+from evf_sam.metrics import ClassIoU, GRefMetrics, RefMetrics
 from evf_sam.models.encoders import tokenize_for_encoder
 
 __all__ = ["METRIC_KEYS", "evaluate", "format_paper_table", "run_eval_from_config", "write_results"]
 
 METRIC_KEYS = ("ciou", "giou", "pr@0.5", "pr@0.6", "pr@0.7", "pr@0.8", "pr@0.9", "n_expressions", "n_images",
-               "miou")  # miou: semantic splits only (empty in results.csv for REFER splits)
+               "miou",  # miou: semantic splits only (empty in results.csv for REFER splits)
+               "n_acc", "t_acc", "n_no_target")  # gRefCOCO splits only
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DATASET_TITLES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg", "refclef": "RefCLEF",
-                   "ade20k": "ADE20K", "mapillary": "Mapillary"}
+                   "ade20k": "ADE20K", "mapillary": "Mapillary", "grefcoco": "gRefCOCO"}
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     was_training = model.training
     model.eval()
     metrics = RefMetrics()
+    if getattr(dataset, "no_target_split", False):  # gRefCOCO: + N-acc / T-acc
+        metrics = GRefMetrics(empty_area=dataset.empty_area)
     class_iou = None
     if getattr(dataset, "num_classes", None):  # semantic-segmentation split: + mIoU over its classes
         class_iou = ClassIoU(dataset.num_classes)
@@ -110,7 +117,9 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
                 ignore = getattr(it, "ignore_mask", None)
                 if ignore is not None:  # (H, W) unlabeled pixels of semantic data: in neither I nor U
                     pred = pred & ~ignore.to(device)
-                inter, union = metrics.update(pred, it.gt_masks.to(device))
+                no_target = getattr(it, "no_target", None)  # gRefCOCO items
+                inter, union = (metrics.update(pred, it.gt_masks.to(device)) if no_target is None
+                                else metrics.update(pred, it.gt_masks.to(device), no_target))
                 if class_iou is not None:
                     class_iou.update(it.class_ids, inter, union)
                 metrics.add_images(1)
@@ -273,7 +282,8 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
             ds = _semantic_eval_dataset(cfg, model, tokenizer, dataset, split)
         else:
             ds = build_eval_dataset(cfg.data.root, dataset, split_by, split, sam_size=model.sam_image_size,
-                                    beit_size=model.beit_image_size, resize_mode=model.resize_mode)
+                                    beit_size=model.beit_image_size, resize_mode=model.resize_mode,
+                                    empty_area=float(cfg.get("empty_area", 0.0)))
         save = out_dir / "masks" / name.replace("|", "_") if cfg.get("save_masks") else None
         m = evaluate(model, tokenizer, ds, device=info.device, dtype=dtype, max_images=cfg.get("max_images"),
                      save_masks_dir=save, progress=bool(cfg.get("progress", True)),
@@ -282,6 +292,7 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
         results[name] = m
         if D.is_main():
             miou = f"  mIoU {100 * m['miou']:.2f}" if "miou" in m else ""
+            miou += "".join(f"  {k} {'-' if m[k] is None else f'{100 * m[k]:.2f}'}" for k in ("n_acc", "t_acc") if k in m)
             print(f"{name}: cIoU {100 * m['ciou']:.2f}  gIoU {100 * m['giou']:.2f}{miou}  "
                   f"({m['n_expressions']} expressions, {m['n_images']} images)", flush=True)
     if D.is_main():
