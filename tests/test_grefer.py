@@ -271,13 +271,16 @@ def test_eval_dataset_items(release):
 def syn_eval(tmp_path_factory):
     """Synthetic data with the gRefCOCO look-alike, a tokenizer on its sentences and a tiny random model."""
     from evf_sam.data.synthetic import make_synthetic_refer, synthetic_grefcoco_sentences
-    from evf_sam.testing import build_tiny_model
+    from evf_sam.testing import build_tiny_model, write_official_checkpoint
     from evf_sam.tokenizer import load_tokenizer, train_sentencepiece
 
     tmp = tmp_path_factory.mktemp("geval")
     make_synthetic_refer(tmp / "data", seed=3, num_train=4, num_val=4, num_test=2, image_size=64, grefcoco=True)
-    tok = load_tokenizer(train_sentencepiece(synthetic_grefcoco_sentences(), tmp / "tok", vocab_size=64))
-    return tmp, tok, build_tiny_model(seed=0, vocab_size=len(tok))
+    tok_dir = train_sentencepiece(synthetic_grefcoco_sentences(), tmp / "tok", vocab_size=64)
+    tok = load_tokenizer(tok_dir)
+    model = build_tiny_model(seed=0, vocab_size=len(tok))
+    write_official_checkpoint(tmp / "ckpt", model, tok_dir, dtype=torch.float32)
+    return tmp, tok, model
 
 
 def test_evaluate_matches_independent_scoring_of_saved_masks(syn_eval):
@@ -314,6 +317,33 @@ def test_evaluate_matches_independent_scoring_of_saved_masks(syn_eval):
     assert out["n_expressions"] == n == ds.num_expressions and out["n_no_target"] == n_nt == ds.num_no_target > 0
     assert out["ciou"] == pytest.approx(inter / union) and out["giou"] == pytest.approx(sum(ious) / n)
     assert out["n_acc"] == pytest.approx(nt_hits / n_nt) and out["t_acc"] == pytest.approx(t_hits / (n - n_nt))
+
+
+def test_eval_script_grefcoco_split(syn_eval):
+    """scripts/eval_refcoco.py 'splits=[grefcoco|unc|val]' empty_area=...: the in-process numbers, + N-acc / T-acc."""
+    import csv
+    import subprocess
+    import sys
+
+    from evf_sam.data.eval_dataset import build_eval_dataset
+    from evf_sam.engine.evaluate import evaluate
+
+    tmp, tok, model = syn_eval
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp / "run"
+    cmd = [sys.executable, str(repo / "scripts" / "eval_refcoco.py"), f"checkpoint={tmp / 'ckpt'}",
+           f"data.root={tmp / 'data'}", f"output_dir={out}", "data.num_workers=0", "progress=false",
+           "splits=[grefcoco|unc|val]", "empty_area=0.05", f"hydra.run.dir={tmp / 'hydra'}"]
+    p = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "grefcoco|unc|val: cIoU" in p.stdout and "n_acc" in p.stdout and "| gRefCOCO val |" in p.stdout
+    res = json.loads((out / "results.json").read_text())["grefcoco|unc|val"]
+    ds = build_eval_dataset(tmp / "data", "grefcoco", "unc", "val", sam_size=model.sam_image_size,
+                            beit_size=model.beit_image_size, empty_area=0.05)
+    assert res == evaluate(model, tok, ds, progress=False) and res["empty_area"] == 0.05
+    (row,) = csv.DictReader(open(out / "results.csv"))
+    assert float(row["n_acc"]) == res["n_acc"] and float(row["t_acc"]) == res["t_acc"]
 
 
 # -- training source and config ----------------------------------------------------------------------
