@@ -432,3 +432,20 @@ def test_synthetic_grefcoco_layout_and_expressions(tmp_path):
     assert kinds == {"none", "multi", "single", "shape"}
     again = make_synthetic_refer(tmp_path, seed=0, num_train=6, num_val=3, num_test=2, image_size=64, grefcoco=True)
     assert again["reused"] and again["datasets"] == stats["datasets"]
+
+
+def test_data_check_reports_grefcoco(release, tmp_path):
+    import io
+
+    from evf_sam.data.check import check_root
+
+    buf = io.StringIO()
+    assert check_root(release, ("grefcoco|unc",), out=buf) == []
+    text = buf.getvalue()
+    assert "grefcoco|unc     5 refs, 2 images in instances.json (required)" in text
+    assert "val      refs       3  sentences       4  images      2  images ok" in text
+    (release / IMG_DIR / IMAGES[1]["file_name"]).unlink()
+    problems = check_root(release, ("grefcoco|unc",), out=io.StringIO())
+    assert any("grefcoco|unc|val: 1 of 2 images missing" in p for p in problems)
+    problems = check_root(tmp_path / "empty", ("grefcoco|unc",), out=io.StringIO())
+    assert any(r"grefs(unc).json" in p for p in problems)

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from evf_sam.data.grefer import GREF_DATASETS, GReferDataset, grefs_path
 from evf_sam.data.refer import DATASETS, ReferDataset, refer_dir, refs_path
 
 __all__ = ["DEFAULT_REQUIRED", "check_root", "main"]
@@ -31,47 +32,48 @@ def check_root(root: str | Path, required: tuple[str, ...] = DEFAULT_REQUIRED, *
     if not base.is_dir():
         problems.append(f"{base} does not exist (see data/README.md)")
     req = set(required)
-    for dataset, split_bys in DATASETS.items():
-        for split_by in split_bys:
-            key = f"{dataset}|{split_by}"
-            needed = key in req
-            rp = refs_path(root, dataset, split_by)
-            inst = rp.parent / "instances.json"
-            missing = [str(p) for p in (inst, rp) if not p.is_file()]
-            if missing:
-                if needed:
-                    problems.append(f"{key}: missing {', '.join(missing)}")
-                    print(f"{key:16s} MISSING (required): {', '.join(missing)}", file=out)
-                continue
-            try:
-                r = ReferDataset(root, dataset, split_by)
-            except Exception as e:  # unreadable / inconsistent files
-                msg = f"{key}: {type(e).__name__}: {e}"
-                print(f"{key:16s} ERROR: {e}", file=out)
-                if needed:
-                    problems.append(msg)
-                continue
-            print(f"{key:16s} {len(r.refs)} refs, {len(r.images)} images in instances.json "
-                  f"({'required' if needed else 'optional'})", file=out)
-            missing_files: dict[int, Path] = {}
+    # REFER datasets, then gRefCOCO (grefcoco|unc: grefs(unc).json or .p, optional unless required)
+    variants = ([(d, b, refs_path(root, d, b), ReferDataset) for d, bs in DATASETS.items() for b in bs]
+                + [(d, b, grefs_path(root, d, b), GReferDataset) for d, bs in GREF_DATASETS.items() for b in bs])
+    for dataset, split_by, rp, reader in variants:
+        key = f"{dataset}|{split_by}"
+        needed = key in req
+        inst = rp.parent / "instances.json"
+        missing = [str(p) for p in (inst, rp) if not p.is_file()]
+        if missing:
+            if needed:
+                problems.append(f"{key}: missing {', '.join(missing)}")
+                print(f"{key:16s} MISSING (required): {', '.join(missing)}", file=out)
+            continue
+        try:
+            r = reader(root, dataset, split_by)
+        except Exception as e:  # unreadable / inconsistent files
+            msg = f"{key}: {type(e).__name__}: {e}"
+            print(f"{key:16s} ERROR: {e}", file=out)
+            if needed:
+                problems.append(msg)
+            continue
+        print(f"{key:16s} {len(r.refs)} refs, {len(r.images)} images in instances.json "
+              f"({'required' if needed else 'optional'})", file=out)
+        missing_files: dict[int, Path] = {}
+        if check_images:
+            for iid in r.image_ids():
+                p = r.image_path(iid)
+                if not p.is_file():
+                    missing_files[iid] = p
+        for split in r.splits:
+            refs = r.split_refs(split)
+            ids = {int(x["image_id"]) for x in refs}
+            n_sent = sum(len(x["sentences"]) for x in refs)
+            n_missing = sum(1 for i in ids if i in missing_files)
+            line = f"    {split:8s} refs {len(refs):7d}  sentences {n_sent:7d}  images {len(ids):6d}"
             if check_images:
-                for iid in r.image_ids():
-                    p = r.image_path(iid)
-                    if not p.is_file():
-                        missing_files[iid] = p
-            for split in r.splits:
-                refs = r.split_refs(split)
-                ids = {int(x["image_id"]) for x in refs}
-                n_sent = sum(len(x["sentences"]) for x in refs)
-                n_missing = sum(1 for i in ids if i in missing_files)
-                line = f"    {split:8s} refs {len(refs):7d}  sentences {n_sent:7d}  images {len(ids):6d}"
-                if check_images:
-                    line += f"  missing images {n_missing}" if n_missing else "  images ok"
-                print(line, file=out)
-                if n_missing and needed:
-                    example = missing_files[next(i for i in sorted(ids) if i in missing_files)]
-                    problems.append(f"{key}|{split}: {n_missing} of {len(ids)} images missing, e.g. {example}")
-    for k in sorted(req - {f"{d}|{b}" for d, bs in DATASETS.items() for b in bs}):
+                line += f"  missing images {n_missing}" if n_missing else "  images ok"
+            print(line, file=out)
+            if n_missing and needed:
+                example = missing_files[next(i for i in sorted(ids) if i in missing_files)]
+                problems.append(f"{key}|{split}: {n_missing} of {len(ids)} images missing, e.g. {example}")
+    for k in sorted(req - {f"{d}|{b}" for d, b, _, _ in variants}):
         problems.append(f"unknown required dataset|split_by {k!r}")
     if problems:
         print("\nPROBLEMS:", file=out)
