@@ -244,12 +244,12 @@ class GRefMetrics(RefMetrics):
             p, g = p[None], g[None]
         g = g.to(p.device)
         if p.shape != g.shape or p.dim() != 3:
-            raise ValueError(f"prediction {tuple(p.shape)} and ground truth {tuple(g.shape)} must be the same (N, H, W)")
+            raise ValueError(f"prediction {tuple(p.shape)} and ground truth {tuple(g.shape)} must both be (N, H, W)")
         nt = (torch.as_tensor(list(no_target) if not isinstance(no_target, Tensor) else no_target, dtype=torch.bool)
               if no_target is not None else torch.zeros(p.shape[0], dtype=torch.bool)).flatten().to(p.device)
         if nt.numel() != p.shape[0]:
             raise ValueError(f"{nt.numel()} no_target flags for {p.shape[0]} expressions")
-        if bool((g[nt].flatten(1).any(1)).any()) if bool(nt.any()) else False:
+        if bool(nt.any()) and bool(g[nt].any()):
             raise ValueError("a no-target expression has a non-empty ground-truth mask")
         empty = is_empty_prediction(p, self.empty_area)
         p = p & ~empty[:, None, None]  # an empty prediction is scored as the empty mask

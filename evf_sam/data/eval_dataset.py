@@ -38,7 +38,8 @@ from evf_sam.data.refer import ReferDataset
 from evf_sam.data.semantic import IGNORE_INDEX, SPLIT_SHORT, SemanticReader
 from evf_sam.tokenizer import SEMANTIC_PREFIX
 
-__all__ = ["EvalItem", "GReferEvalDataset", "GReferEvalItem", "ImageEntriesDataset", "ReferEvalDataset", "SemanticEvalDataset", "SemanticEvalItem",
+__all__ = ["EvalItem", "GReferEvalDataset", "GReferEvalItem", "ImageEntriesDataset", "ReferEvalDataset",
+           "SemanticEvalDataset", "SemanticEvalItem",
            "build_eval_dataset"]
 
 

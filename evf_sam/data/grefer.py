@@ -49,7 +49,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from evf_sam.atomic import atomic_write_bytes
-from evf_sam.data.refer import ReferDataset, _decode_bytes, _plain, decode_segmentation, load_refs_pickle, refer_dir
+from evf_sam.data.refer import ReferDataset, _decode_bytes, _plain, load_refs_pickle, refer_dir
 
 __all__ = ["GREF_DATASETS", "GREF_IMAGE_DIR", "NO_TARGET", "GReferDataset", "grefs_path", "is_gref_dataset",
            "load_grefs", "normalize_ann_ids", "write_grefer"]

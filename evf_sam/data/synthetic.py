@@ -51,8 +51,8 @@ import numpy as np
 
 from evf_sam.data.refer import IMAGE_DIRS, atomic_write_bytes, refer_dir, write_refer
 
-__all__ = ["COLOURS", "DIFFICULTIES", "GREF_IMAGE_ID0", "SHAPES", "make_synthetic_refer", "synthetic_grefcoco_sentences",
-           "synthetic_sentences", "MANIFEST", "main"]
+__all__ = ["COLOURS", "DIFFICULTIES", "GREF_IMAGE_ID0", "SHAPES", "make_synthetic_refer",
+           "synthetic_grefcoco_sentences", "synthetic_sentences", "MANIFEST", "main"]
 
 MANIFEST = "_SYNTHETIC_DONE.json"
 _STARTED = "_SYNTHETIC_STARTED.json"

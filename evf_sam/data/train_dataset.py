@@ -48,7 +48,8 @@ from torch.utils.data import Dataset, Sampler
 from evf_sam.data.batch import Batch, ImageKey, TrainSample, collate_samples
 from evf_sam.tokenizer import SEMANTIC_PREFIX
 
-__all__ = ["EXCLUDE_SPLITS", "GReferTrainSource", "ReferTrainDataset", "ReferTrainSource", "SemanticTrainSource", "Source",
+__all__ = ["EXCLUDE_SPLITS", "GReferTrainSource", "ReferTrainDataset",
+           "ReferTrainSource", "SemanticTrainSource", "Source",
            "StepBatchSampler", "TrainDatasetBase", "check_refer_root", "make_train_sample"]
 
 logger = logging.getLogger(__name__)

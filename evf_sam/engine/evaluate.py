@@ -292,7 +292,8 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
         results[name] = m
         if D.is_main():
             miou = f"  mIoU {100 * m['miou']:.2f}" if "miou" in m else ""
-            miou += "".join(f"  {k} {'-' if m[k] is None else f'{100 * m[k]:.2f}'}" for k in ("n_acc", "t_acc") if k in m)
+            miou += "".join(f"  {k} {'-' if m[k] is None else f'{100 * m[k]:.2f}'}"
+                            for k in ("n_acc", "t_acc") if k in m)  # gRefCOCO
             print(f"{name}: cIoU {100 * m['ciou']:.2f}  gIoU {100 * m['giou']:.2f}{miou}  "
                   f"({m['n_expressions']} expressions, {m['n_images']} images)", flush=True)
     if D.is_main():
