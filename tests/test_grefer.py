@@ -360,7 +360,7 @@ def test_training_source_masks(tmp_path):
     ds = ReferTrainDataset(release, [Source("grefcoco", "grefcoco", "unc", rate=1.0)], tokenizer=tok, sam_size=64,
                            beit_size=32, max_text_len=8, sentences_per_image=3)
     (src,) = ds.refer
-    assert isinstance(src, GReferTrainSource)
+    assert isinstance(src, GReferTrainSource) and "grefcoco|unc" in ds.summary()
     assert src.images == [(5, [((2,), "right thing")]), (6, [((-1,), "the cat")])]  # the train split only
     seen = {}
     for index in range(12):
@@ -369,6 +369,11 @@ def test_training_source_masks(tmp_path):
     # masks in the SAM frame (64 px, longest side 16 -> x4, padded): the object, or nothing
     assert seen["the cat"].sum() == 0
     assert seen["right thing"].sum() == BOX2.sum() * 16 and seen["right thing"][24:44, 32:60].all()
+    # gRefCOCO's val / test images never train: with the val refs on images 5 and 6 nothing is left
+    full = _write_release(tmp_path / "full")
+    with pytest.raises(ValueError, match="no training images"):
+        ReferTrainDataset(full, [Source("grefcoco", "grefcoco", "unc", rate=1.0)], tokenizer=tok, sam_size=64,
+                          beit_size=32, max_text_len=8)
 
 
 def test_config_source_off_by_default_and_switchable(tmp_path):

@@ -334,8 +334,10 @@ class ReferTrainDataset(TrainDatasetBase):
                                _refs_file(self.root, dataset, split_by))
                 continue
             excluded |= set(_eval_image_ids(ReferDataset(self.root, dataset, split_by)))
+        self.excluded_splits = [f"{d}|{b}" for d, b in EXCLUDE_SPLITS]
         if sources and grefs_path(self.root).is_file():  # gRefCOCO val/test (RefCOCO unc's images) when present
             excluded |= set(_eval_image_ids(GReferDataset(self.root)))
+            self.excluded_splits.append("grefcoco|unc")
         self.num_excluded_ids = len(excluded)
 
         if not sources and not self.semantic:
@@ -365,7 +367,7 @@ class ReferTrainDataset(TrainDatasetBase):
         parts += [f"{s.name}={len(s)} semantic images (p={p:.3f}, up to {s.k} classes each, prefix {s.prefix!r})"
                   for s, p in zip(self.semantic, self.probs[len(self.refer):])]
         return (f"training mix: {'; '.join(parts)}; excluded {self.num_excluded} training images that are in "
-                f"val/test splits of {', '.join(f'{d}|{b}' for d, b in EXCLUDE_SPLITS)}")
+                f"val/test splits of {', '.join(self.excluded_splits)}")
 
     def image_keys(self) -> list[ImageKey]:
         """Every image a sample can come from (sorted, each once: the embedding cache's rows)."""
