@@ -17,8 +17,9 @@ experiment file fails while Hydra composes, naming the key. Register the schemas
 Defaults live in one place each: the value a YAML option file sets (with its comment there). The
 schemas give types only (``MISSING``), except for keys only some options or entries set, whose
 default is here and nowhere else: `SyntheticConfig`'s knobs (None: the generator's own default), a
-REFER source's ``split``, a semantic source's ``root`` / ``version``, and the semantic-data keys of
-`ReferDataConfig` (off unless configs/data/refer_mix_semantic.yaml sets them).
+REFER source's ``split``, the validation split's ``empty_area`` (gRefCOCO only), a semantic source's
+``root`` / ``version``, and the semantic-data keys of `ReferDataConfig` (off unless
+configs/data/refer_mix_semantic.yaml sets them).
 
 The code reads typed objects: ``typed(cfg.trainer)`` is a `TrainerConfig` instance (interpolations
 resolved; a key added with ``+group.key=...`` that the schema lacks is an error there).
@@ -119,7 +120,7 @@ class ExtraDataConfig:
 
 @dataclass
 class ReferSourceConfig:
-    dataset: str = MISSING  # refcoco | refcoco+ | refcocog | refclef
+    dataset: str = MISSING  # refcoco | refcoco+ | refcocog | refclef | grefcoco
     split_by: str = MISSING
     rate: float = MISSING  # relative; 0 drops the source
     split: str = "train"
@@ -132,6 +133,7 @@ class ReferValConfig:
     split: str = MISSING
     max_images: Optional[int] = MISSING  # None: the whole split
     batch_size: int = MISSING
+    empty_area: float = 0.0  # gRefCOCO val only: a prediction with area <= this fraction of the image is empty
 
 
 @dataclass
@@ -171,6 +173,7 @@ class SyntheticConfig:
     colours: Optional[List[str]] = None
     shapes: Optional[List[str]] = None
     difficulty: Optional[str] = None
+    grefcoco: Optional[bool] = None  # also write refer_seg/grefcoco (multi- / no-target expressions)
     force: Optional[bool] = None
 
 

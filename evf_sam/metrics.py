@@ -22,6 +22,24 @@ expressions of class c in the split; mIoU is the mean over the classes that occu
 present in an image are queried (a text-prompted model is not asked for absent classes), so false
 positives of absent classes do not count.
 
+`GRefMetrics` (gRefCOCO splits, expressions with several or no targets) follows the gRefCOCO benchmark
+(Liu, Ding, Jiang, "GRES: Generalized Referring Expression Segmentation", CVPR 2023; the evaluator of its
+code, henghuiding/ReLA gres_model/evaluation/refer_evaluation.py). A prediction is *empty* when its
+foreground area is at most ``empty_area`` x H x W (a fraction of the image; 0: not one pixel) and is
+then scored as the empty mask. Per expression:
+    no-target, predicted empty:     I = 0, U = 0, IoU = 1       (ReLA: TP, accum_IoU += 1, U += 0)
+    no-target, predicted non-empty: I = 0, U = |pred|, IoU = 0  (ReLA: FN, U += union)
+    target:                         I, U of pred vs the union of the targets, IoU = I / U, and
+                                    IoU = 0 if U == 0 (ReLA ``this_iou = 0 if U == 0``), so an empty
+                                    prediction scores 0 there.
+    cIoU = ΣI / ΣU and gIoU = mean IoU over all expressions (both kinds).
+    N-acc = no-target expressions predicted empty / no-target expressions,
+    T-acc = target expressions predicted non-empty / target expressions (ReLA: TN / (TN + FP));
+      None when the split has no expression of that kind (ReLA reports 0 for both then).
+    Pr@t over the target expressions only (as ReLA), with our strict IoU > t.
+ReLA decides "empty" with a separate no-target head; a mask-only model like EVF-SAM has only its
+mask, hence the area rule.
+
 All state is int64 sums: I and U are pixel counts, and the per-expression IoUs are summed in fixed
 point (units of 2^-32, error < 1e-9 per expression), so the sums are exact and associative: results
 do not depend on the number of ranks, the batching or the order. `all_reduce` sums the state over
@@ -36,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PR_THRESHOLDS", "ClassIoU", "RefMetrics", "intersection_union"]
+__all__ = ["PR_THRESHOLDS", "ClassIoU", "GRefMetrics", "RefMetrics", "intersection_union", "is_empty_prediction"]
 
 PR_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 _IOU_SCALE = 2 ** 32  # fixed-point unit of the IoU sum
@@ -189,3 +207,94 @@ class ClassIoU:
     def compute(self) -> dict[str, Any]:
         ious = self.per_class()
         return {"miou": sum(ious.values()) / len(ious) if ious else 0.0, "n_classes": len(ious)}
+
+
+def is_empty_prediction(pred: Tensor, empty_area: float = 0.0) -> Tensor:
+    """(N, H, W) bool masks -> (N,) bool: foreground area <= ``empty_area`` x H x W."""
+    if not 0.0 <= float(empty_area) < 1.0:
+        raise ValueError(f"empty_area is a fraction of the image area in [0, 1), got {empty_area}")
+    h, w = pred.shape[-2:]
+    return pred.flatten(-2).sum(-1, dtype=torch.int64) <= int(float(empty_area) * h * w)
+
+
+class GRefMetrics(RefMetrics):
+    """gRefCOCO accumulator (cIoU, gIoU, N-acc, T-acc, Pr@K over target expressions; see the module
+    docstring). Integer sums like `RefMetrics`, so `merge` / `all_reduce` work the same.
+
+    ``update(pred, gt, no_target)``: (N, H, W) masks and (N,) bools; ``gt`` of a no-target expression
+    must be empty.
+    """
+
+    def __init__(self, thresholds: tuple[float, ...] = PR_THRESHOLDS, *, empty_area: float = 0.0):
+        is_empty_prediction(torch.zeros(1, 1, 1, dtype=torch.bool), empty_area)  # validates the fraction
+        self.empty_area = float(empty_area)
+        super().__init__(thresholds)
+
+    def reset(self) -> None:
+        super().reset()
+        self.n_no_target = 0  # no-target expressions
+        self.n_acc_hits = 0  # ... predicted empty
+        self.t_acc_hits = 0  # target expressions predicted non-empty
+
+    def update(self, pred: Tensor | np.ndarray, gt: Tensor | np.ndarray,  # type: ignore[override]
+               no_target: Sequence[bool] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Adds N expressions; returns their I, U (as scored: an empty prediction counts as no pixel)."""
+        p, g = _as_bool(pred), _as_bool(gt)
+        if p.dim() == 2:
+            p, g = p[None], g[None]
+        g = g.to(p.device)
+        if p.shape != g.shape or p.dim() != 3:
+            raise ValueError(f"prediction {tuple(p.shape)} and ground truth {tuple(g.shape)} must both be (N, H, W)")
+        nt = (torch.as_tensor(list(no_target) if not isinstance(no_target, Tensor) else no_target, dtype=torch.bool)
+              if no_target is not None else torch.zeros(p.shape[0], dtype=torch.bool)).flatten().to(p.device)
+        if nt.numel() != p.shape[0]:
+            raise ValueError(f"{nt.numel()} no_target flags for {p.shape[0]} expressions")
+        if bool(nt.any()) and bool(g[nt].any()):
+            raise ValueError("a no-target expression has a non-empty ground-truth mask")
+        empty = is_empty_prediction(p, self.empty_area)
+        p = p & ~empty[:, None, None]  # an empty prediction is scored as the empty mask
+        i, u = intersection_union(p, g)
+        i, u, empty, nt = i.cpu(), u.cpu(), empty.cpu(), nt.cpu()
+        iou = torch.where(u > 0, i.double() / u.clamp_min(1).double(), torch.zeros_like(u, dtype=torch.float64))
+        iou = torch.where(nt, empty.double(), iou)  # no target: 1 if predicted empty, else 0
+        self.inter += int(i.sum())
+        self.union += int(u.sum())
+        self.iou_fixed += int(torch.round(iou * _IOU_SCALE).to(torch.int64).sum())
+        for k, t in enumerate(self.thresholds):
+            self.hits[k] += int(((iou > t) & ~nt).sum())
+        self.n_expressions += int(i.numel())
+        self.n_no_target += int(nt.sum())
+        self.n_acc_hits += int((nt & empty).sum())
+        self.t_acc_hits += int((~nt & ~empty).sum())
+        return i, u
+
+    update_many = update
+
+    def update_iu(self, inter, union) -> None:  # noqa: D102
+        raise TypeError("GRefMetrics needs the masks (emptiness of the prediction): use update(pred, gt, no_target)")
+
+    def state(self) -> Tensor:
+        """`RefMetrics.state` + (n_no_target, N-acc hits, T-acc hits)."""
+        return torch.cat([super().state(),
+                          torch.tensor([self.n_no_target, self.n_acc_hits, self.t_acc_hits], dtype=torch.int64)])
+
+    def load_state(self, state: Tensor) -> None:
+        super().load_state(state[:-3])
+        self.n_no_target, self.n_acc_hits, self.t_acc_hits = (int(x) for x in state[-3:].tolist())
+
+    def compute(self) -> dict[str, Any]:
+        n, n_nt = self.n_expressions, self.n_no_target
+        n_t = n - n_nt
+        out: dict[str, Any] = {
+            "ciou": self.inter / self.union if self.union > 0 else 1.0 if n else 0.0,
+            "giou": self.iou_fixed / _IOU_SCALE / n if n else 0.0,
+        }
+        for t, h in zip(self.thresholds, self.hits):
+            out[f"pr@{t:g}"] = h / n_t if n_t else 0.0
+        out["n_acc"] = self.n_acc_hits / n_nt if n_nt else None
+        out["t_acc"] = self.t_acc_hits / n_t if n_t else None
+        out["n_expressions"] = n
+        out["n_no_target"] = n_nt
+        out["n_images"] = self.n_images
+        out["empty_area"] = self.empty_area
+        return out

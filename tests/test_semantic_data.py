@@ -405,4 +405,6 @@ def test_table6_rows_compose():
         assert cfg.data.semantic_root == "/data" and cfg.data.val_semantic.dataset == "ade20k"
         assert val_semantic_prefix(data) == ("[semantic] " if names else "")  # RES only: bare class names
         assert uses_semantic_token(data) == bool(names)
-        assert [s.rate for s in cfg.data.sources.values()] == [1.0] * 4  # the REFER mix is the same in every row
+        # the REFER mix is the same in every row (gRefCOCO off, as in the paper's main run)
+        assert {k: s.rate for k, s in cfg.data.sources.items()} == {
+            "refcoco": 1.0, "refcoco_plus": 1.0, "refcocog": 1.0, "refclef": 1.0, "grefcoco": 0.0}

@@ -229,7 +229,7 @@ def build_val_splits(data: DataConfig, model, tokenizer, *, seed: int) -> list[V
         splits.append(ValidationSplit(
             build_eval_dataset(data.root, val.dataset, val.split_by, val.split, sam_size=model.sam_image_size,
                                beit_size=model.beit_image_size, max_images=val.max_images,
-                               resize_mode=model.resize_mode),
+                               resize_mode=model.resize_mode, empty_area=val.empty_area),
             batch_size=val.batch_size))
     vs = data.val_semantic if data.kind == "refer" else None
     if vs is not None:

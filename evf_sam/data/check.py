@@ -22,6 +22,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from evf_sam.data.grefer import GREF_DATASETS, GReferDataset, grefs_path
 from evf_sam.data.refer import DATASETS, ReferDataset, refer_dir, refs_path
 
 __all__ = ["DEFAULT_REQUIRED", "REQUIRED_SPLITS", "check_root", "image_problem", "main"]
@@ -65,80 +66,81 @@ def check_root(root: str | Path, required: tuple[str, ...] = DEFAULT_REQUIRED, *
     if not base.is_dir():
         problems.append(f"{base} does not exist (see data/README.md)")
     req = set(required)
-    for dataset, split_bys in DATASETS.items():
-        for split_by in split_bys:
-            key = f"{dataset}|{split_by}"
-            needed = key in req
-            rp = refs_path(root, dataset, split_by)
-            inst = rp.parent / "instances.json"
-            missing = [str(p) for p in (inst, rp) if not p.is_file()]
-            if missing:
-                if needed:
-                    problems.append(f"{key}: missing {', '.join(missing)}")
-                    print(f"{key:16s} MISSING (required): {', '.join(missing)}", file=out)
-                continue
-            try:
-                with warnings.catch_warnings():  # degenerate polygons: reported below, per split
-                    warnings.simplefilter("ignore")
-                    r = ReferDataset(root, dataset, split_by)
-            except Exception as e:  # unreadable / inconsistent files
-                msg = f"{key}: {type(e).__name__}: {e}"
-                print(f"{key:16s} ERROR: {e}", file=out)
-                if needed:
-                    problems.append(msg)
-                continue
-            print(f"{key:16s} {len(r.refs)} refs, {len(r.images)} images in instances.json "
-                  f"({'required' if needed else 'optional'})", file=out)
-            if not r.refs:
-                print(f"    no refs in {r.refs_file}", file=out)
-                if needed:
-                    problems.append(f"{key}: {r.refs_file} holds no refs; re-download it")
-                continue
-            bad_files: dict[int, tuple[Path, str]] = {}
+    # REFER datasets, then gRefCOCO (grefcoco|unc: grefs(unc).json or .p, optional unless required)
+    variants = ([(d, b, refs_path(root, d, b), ReferDataset) for d, bs in DATASETS.items() for b in bs]
+                + [(d, b, grefs_path(root, d, b), GReferDataset) for d, bs in GREF_DATASETS.items() for b in bs])
+    for dataset, split_by, rp, reader in variants:
+        key = f"{dataset}|{split_by}"
+        needed = key in req
+        inst = rp.parent / "instances.json"
+        missing = [str(p) for p in (inst, rp) if not p.is_file()]
+        if missing:
+            if needed:
+                problems.append(f"{key}: missing {', '.join(missing)}")
+                print(f"{key:16s} MISSING (required): {', '.join(missing)}", file=out)
+            continue
+        try:
+            with warnings.catch_warnings():  # degenerate polygons: reported below, per split
+                warnings.simplefilter("ignore")
+                r = reader(root, dataset, split_by)
+        except Exception as e:  # unreadable / inconsistent files
+            msg = f"{key}: {type(e).__name__}: {e}"
+            print(f"{key:16s} ERROR: {e}", file=out)
+            if needed:
+                problems.append(msg)
+            continue
+        print(f"{key:16s} {len(r.refs)} refs, {len(r.images)} images in instances.json "
+              f"({'required' if needed else 'optional'})", file=out)
+        if not r.refs:
+            print(f"    no refs in {r.refs_file}", file=out)
+            if needed:
+                problems.append(f"{key}: {r.refs_file} holds no refs; re-download it")
+            continue
+        bad_files: dict[int, tuple[Path, str]] = {}
+        if check_images:
+            for iid in r.image_ids():
+                p = r.image_path(iid)
+                why = image_problem(p, decode=decode_images)
+                if why is not None:
+                    bad_files[iid] = (p, why)
+        splits = list(dict.fromkeys(str(x["split"]) for x in r.refs))  # file order, skipped refs included
+        splits += [s for s in (REQUIRED_SPLITS.get(key, ()) if needed else ()) if s not in splits]
+        for split in splits:
+            refs = [x for x in r.refs if x["split"] == split]
+            ids = {int(x["image_id"]) for x in refs}
+            n_sent = sum(len(x["sentences"]) for x in refs)
+            n_skip = sum(1 for x in refs if r.empty_ann_ids and int(x["ann_id"]) in r.empty_ann_ids)
+            line = f"    {split:8s} refs {len(refs):7d}  sentences {n_sent:7d}  images {len(ids):6d}"
+            if n_skip:
+                line += f"  refs skipped (polygons of < 3 points) {n_skip}"
+            bad = sorted(i for i in ids if i in bad_files)
+            n_missing = sum(1 for i in bad if bad_files[i][1] == "missing")
+            n_not_image = len(bad) - n_missing
             if check_images:
-                for iid in r.image_ids():
-                    p = r.image_path(iid)
-                    why = image_problem(p, decode=decode_images)
-                    if why is not None:
-                        bad_files[iid] = (p, why)
-            splits = list(dict.fromkeys(str(x["split"]) for x in r.refs))  # file order, skipped refs included
-            splits += [s for s in (REQUIRED_SPLITS.get(key, ()) if needed else ()) if s not in splits]
-            for split in splits:
-                refs = [x for x in r.refs if x["split"] == split]
-                ids = {int(x["image_id"]) for x in refs}
-                n_sent = sum(len(x["sentences"]) for x in refs)
-                n_skip = sum(1 for x in refs if int(x["ann_id"]) in r.empty_ann_ids)
-                line = f"    {split:8s} refs {len(refs):7d}  sentences {n_sent:7d}  images {len(ids):6d}"
-                if n_skip:
-                    line += f"  refs skipped (polygons of < 3 points) {n_skip}"
-                bad = sorted(i for i in ids if i in bad_files)
-                n_missing = sum(1 for i in bad if bad_files[i][1] == "missing")
-                n_not_image = len(bad) - n_missing
-                if check_images:
-                    line += (f"  missing images {n_missing}" if n_missing else "") + \
-                            (f"  not images {n_not_image}" if n_not_image else "") + ("" if bad else "  images ok")
-                print(line, file=out)
-                if not needed:
-                    continue
-                if split in REQUIRED_SPLITS.get(key, ()) and (not refs or n_sent == 0 or n_skip == len(refs)):
-                    what = "missing" if not refs else ("has no sentences" if n_sent == 0 else
-                                                         "has only refs without a usable polygon")
-                    problems.append(f"{key}|{split}: split {what} in {r.refs_file}; it is read by "
-                                    f"{'training' if split == 'train' else 'the paper evaluation'}; re-download "
-                                    f"the refs file")
-                if n_missing:
-                    example = next(bad_files[i][0] for i in bad if bad_files[i][1] == "missing")
-                    problems.append(f"{key}|{split}: {n_missing} of {len(ids)} images missing, e.g. {example}")
-                if n_not_image:
-                    example, why = next(bad_files[i] for i in bad if bad_files[i][1] != "missing")
-                    problems.append(f"{key}|{split}: {n_not_image} of {len(ids)} image files are not images, e.g. "
-                                    f"{example}: {why}; replace them with the release's files")
-            if r.degenerate_parts:
-                print(f"    {r.degenerate_parts} polygon part(s) of < 3 points (no area, dropped); "
-                      f"{len(r.empty_ann_ids)} annotation(s) without any polygon of 3+ points "
-                      f"(their {len(r.skipped_refs)} ref(s) skipped), e.g. ann_ids "
-                      f"{sorted(r.empty_ann_ids)[:5]}", file=out)
-    for k in sorted(req - {f"{d}|{b}" for d, bs in DATASETS.items() for b in bs}):
+                line += (f"  missing images {n_missing}" if n_missing else "") + \
+                        (f"  not images {n_not_image}" if n_not_image else "") + ("" if bad else "  images ok")
+            print(line, file=out)
+            if not needed:
+                continue
+            if split in REQUIRED_SPLITS.get(key, ()) and (not refs or n_sent == 0 or n_skip == len(refs)):
+                what = "missing" if not refs else ("has no sentences" if n_sent == 0 else
+                                                     "has only refs without a usable polygon")
+                problems.append(f"{key}|{split}: split {what} in {r.refs_file}; it is read by "
+                                f"{'training' if split == 'train' else 'the paper evaluation'}; re-download "
+                                f"the refs file")
+            if n_missing:
+                example = next(bad_files[i][0] for i in bad if bad_files[i][1] == "missing")
+                problems.append(f"{key}|{split}: {n_missing} of {len(ids)} images missing, e.g. {example}")
+            if n_not_image:
+                example, why = next(bad_files[i] for i in bad if bad_files[i][1] != "missing")
+                problems.append(f"{key}|{split}: {n_not_image} of {len(ids)} image files are not images, e.g. "
+                                f"{example}: {why}; replace them with the release's files")
+        if r.degenerate_parts:
+            print(f"    {r.degenerate_parts} polygon part(s) of < 3 points (no area, dropped); "
+                  f"{len(r.empty_ann_ids)} annotation(s) without any polygon of 3+ points "
+                  f"(their {len(r.skipped_refs)} ref(s) skipped), e.g. ann_ids "
+                  f"{sorted(r.empty_ann_ids)[:5]}", file=out)
+    for k in sorted(req - {f"{d}|{b}" for d, b, _, _ in variants}):
         problems.append(f"unknown required dataset|split_by {k!r}")
     if problems:
         print("\nPROBLEMS:", file=out)

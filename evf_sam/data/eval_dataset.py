@@ -15,6 +15,11 @@ Semantic (`SemanticEvalDataset`, paper Tab. 6): one item per image, one expressi
 (``prefix + class name``), its ``label == class`` mask; unlabeled pixels are left out of I and U by
 default (how this relates to EVF-SAM's ValDataset: `evf_sam.data.semantic`).
 
+gRefCOCO (`GReferEvalDataset`, ``grefcoco|unc|val``): a ref's mask is the union of its objects, empty
+for a no-target expression; items also carry ``no_target`` per expression, and `evaluate` then scores
+the split with `evf_sam.metrics.GRefMetrics` (cIoU, gIoU, N-acc, T-acc; a prediction whose area is at
+most ``empty_area`` of the image counts as empty).
+
 `data.random_data.RandomEvalDataset` (``data.kind=random`` validation) yields the same items.
 """
 
@@ -33,7 +38,8 @@ from evf_sam.data.refer import ReferDataset
 from evf_sam.data.semantic import IGNORE_INDEX, SPLIT_SHORT, SemanticReader
 from evf_sam.tokenizer import SEMANTIC_PREFIX
 
-__all__ = ["EvalItem", "ImageEntriesDataset", "ReferEvalDataset", "SemanticEvalDataset", "SemanticEvalItem",
+__all__ = ["EvalItem", "GReferEvalDataset", "GReferEvalItem", "ImageEntriesDataset", "ReferEvalDataset",
+           "SemanticEvalDataset", "SemanticEvalItem",
            "build_eval_dataset"]
 
 
@@ -204,9 +210,90 @@ class SemanticEvalDataset(ImageEntriesDataset):
             ignore_mask=(lab == IGNORE_INDEX) if self.ignore_unlabeled else None)
 
 
+@dataclass
+class GReferEvalItem(EvalItem):
+    no_target: list[bool] = field(default_factory=list)  # (N,) the expression names no object (gt empty)
+
+
+class GReferEvalDataset(ImageEntriesDataset):
+    """All expressions of one gRefCOCO split, grouped by image (sentences lower-cased and stripped, as
+    `ReferEvalDataset`). ``entries``: [(image_id, [(ref_id, ann_ids, sent_id, sentence), ...])];
+    ``ann_ids`` a tuple, ``(-1,)`` for no target. ``empty_area``: the empty-prediction threshold
+    (fraction of the image area) `evaluate` scores N-acc / T-acc with."""
+
+    no_target_split = True  # evaluate(): GRefMetrics
+
+    def __init__(self, root: str | Path, dataset: str = "grefcoco", split_by: str = "unc", split: str = "val", *,
+                 sam_size: int = 1024, beit_size: int = 224, max_images: int | None = None, reader=None,
+                 resize_mode: str = "pad", empty_area: float = 0.0):
+        from evf_sam.data.grefer import GReferDataset
+        from evf_sam.metrics import is_empty_prediction
+
+        is_empty_prediction(torch.zeros(1, 1, 1, dtype=torch.bool), empty_area)  # validates the fraction
+        self.reader = reader if reader is not None else GReferDataset(root, dataset, split_by)
+        self.dataset, self.split_by, self.split = dataset, split_by, split
+        self.sam_size, self.beit_size, self.resize_mode = int(sam_size), int(beit_size), resize_mode
+        self.empty_area = float(empty_area)
+        per_image: dict[int, list[tuple[int, tuple[int, ...], int, str]]] = {}
+        for ref in sorted(self.reader.split_refs(split), key=lambda r: int(r["ref_id"])):
+            for k, s in enumerate(ref["sentences"]):
+                text = str(s.get("sent", s.get("raw", ""))).strip().lower()
+                if text:
+                    per_image.setdefault(int(ref["image_id"]), []).append(
+                        (int(ref["ref_id"]), tuple(ref["ann_id"]), int(s.get("sent_id", k)), text))
+        entries = sorted(per_image.items())
+        self.entries = entries[:int(max_images)] if max_images is not None else entries
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}|{self.split_by}|{self.split}"
+
+    @property
+    def num_no_target(self) -> int:
+        from evf_sam.data.grefer import NO_TARGET
+
+        return sum(a == (NO_TARGET,) for _, e in self.entries for _, a, _, _ in e)
+
+    def __repr__(self) -> str:
+        return (f"GReferEvalDataset({self.name}: {len(self)} images, {self.num_expressions} expressions, "
+                f"{self.num_no_target} no-target)")
+
+    def __getitem__(self, index: int) -> GReferEvalItem:
+        from evf_sam.data.grefer import NO_TARGET
+        from evf_sam.preprocess import beit3_preprocess, load_image, sam_preprocess
+
+        image_id, exprs = self.entries[index]
+        path = self.reader.image_path(image_id)
+        image = load_image(path)
+        h, w = image.shape[:2]
+        meta = self.reader.images[image_id]
+        if (int(meta["height"]), int(meta["width"])) != (h, w):
+            raise ValueError(f"{path}: image is {h}x{w} but instances.json says {meta['height']}x{meta['width']}")
+        sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode, pipeline="eval")  # official eval.py
+        masks: dict[tuple[int, ...], np.ndarray] = {}
+        for _, ann_ids, _, _ in exprs:
+            if ann_ids not in masks:
+                masks[ann_ids] = self.reader.target_mask(list(ann_ids), image_id)
+        gt = torch.from_numpy(np.stack([masks[a] for _, a, _, _ in exprs]).astype(bool))  # (N, H, W)
+        return GReferEvalItem(image_id=image_id, image_path=str(path), sam_image=sam,
+                              beit_image=beit3_preprocess(image, self.beit_size),
+                              input_size=(int(input_size[0]), int(input_size[1])), original_size=(h, w),
+                              sentences=[t for *_, t in exprs], gt_masks=gt, ref_ids=[r for r, *_ in exprs],
+                              sent_ids=[s for _, _, s, _ in exprs],
+                              no_target=[a == (NO_TARGET,) for _, a, _, _ in exprs])
+
+
 def build_eval_dataset(root: str | Path, dataset: str, split_by: str, split: str, *, sam_size: int = 1024,
                        beit_size: int = 224, max_images: int | None = None,
-                       resize_mode: str = "pad") -> ReferEvalDataset:
-    """`ReferEvalDataset` for ``dataset|split_by|split`` (raises naming the file / split when missing)."""
+                       resize_mode: str = "pad", empty_area: float = 0.0,
+                       reader=None) -> ReferEvalDataset | GReferEvalDataset:
+    """`ReferEvalDataset` for ``dataset|split_by|split`` (raises naming the file / split when missing);
+    `GReferEvalDataset` for gRefCOCO (``empty_area``: its empty-prediction threshold, fraction of the image).
+    ``reader``: an already loaded `ReferDataset` / `GReferDataset` of ``dataset|split_by`` to share."""
+    from evf_sam.data.grefer import is_gref_dataset
+
+    if is_gref_dataset(dataset):
+        return GReferEvalDataset(root, dataset, split_by, split, sam_size=sam_size, beit_size=beit_size,
+                                 max_images=max_images, resize_mode=resize_mode, empty_area=empty_area, reader=reader)
     return ReferEvalDataset(root, dataset, split_by, split, sam_size=sam_size, beit_size=beit_size,
-                            max_images=max_images, resize_mode=resize_mode)
+                            max_images=max_images, resize_mode=resize_mode, reader=reader)

@@ -138,10 +138,18 @@ PAPER_SPLITS: tuple[str, ...] = (
 
 
 def parse_split_name(name: str) -> tuple[str, str, str]:
-    """``"refcoco|unc|val"`` -> ``("refcoco", "unc", "val")``; dataset and split_by are checked."""
+    """``"refcoco|unc|val"`` -> ``("refcoco", "unc", "val")``; dataset and split_by are checked (REFER
+    datasets, and gRefCOCO's ``grefcoco|unc``)."""
     parts = [p.strip() for p in str(name).split("|")]
     if len(parts) != 3 or not all(parts):
         raise ValueError(f"split name {name!r} must be 'dataset|split_by|split', e.g. 'refcoco|unc|val'")
+    from evf_sam.data.grefer import GREF_DATASETS  # gRefCOCO splits: 'grefcoco|unc|val'
+
+    if parts[0] in GREF_DATASETS:
+        if parts[1] not in GREF_DATASETS[parts[0]]:
+            raise ValueError(f"unknown split_by {parts[1]!r} for {parts[0]}; the release has "
+                             f"{list(GREF_DATASETS[parts[0]])}")
+        return parts[0], parts[1], parts[2]
     _check_names(parts[0], parts[1])
     return parts[0], parts[1], parts[2]
 

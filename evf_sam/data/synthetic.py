@@ -19,6 +19,17 @@ Written (same images shared by all three datasets, as COCO's are)::
     <root>/refer_seg/sentences.txt                             every sentence (tokenizer training)
     <root>/refer_seg/_SYNTHETIC_DONE.json                      parameters + stats, written last
 
+With ``grefcoco=True`` (``--grefcoco``) it also writes a gRefCOCO look-alike (`evf_sam.data.grefer`
+layout) on its own scenes, where colours may repeat within an image::
+
+    <root>/refer_seg/grefcoco/ instances.json grefs(unc).json     train / val / testA / testB
+    <root>/refer_seg/images/mscoco/images/train2014/COCO_train2014_%012d.jpg   ids from GREF_IMAGE_ID0 + 1
+
+Its expressions name a set of objects: one ("the red circle"), several ("all the red shapes", "both
+circles", "the blue ones") or none: a palette colour absent from the image ("the green shape"), a
+shape absent from it ("all the triangles") or words never drawn ("the purple star"); no-target refs
+have ``ann_id == [-1]``, as the release (about one ref in four per image).
+
 Annotations cycle through polygon, compressed RLE and uncompressed RLE segmentations; the pixels
 painted into the image are exactly the annotation's mask. Deterministic in ``seed``; idempotent:
 a complete dataset with the same parameters is reused, a partial one or different parameters is
@@ -40,7 +51,8 @@ import numpy as np
 
 from evf_sam.data.refer import IMAGE_DIRS, atomic_write_bytes, refer_dir, write_refer
 
-__all__ = ["COLOURS", "DIFFICULTIES", "SHAPES", "make_synthetic_refer", "synthetic_sentences", "MANIFEST", "main"]
+__all__ = ["COLOURS", "DIFFICULTIES", "GREF_IMAGE_ID0", "SHAPES", "make_synthetic_refer",
+           "synthetic_grefcoco_sentences", "synthetic_sentences", "MANIFEST", "main"]
 
 MANIFEST = "_SYNTHETIC_DONE.json"
 _STARTED = "_SYNTHETIC_STARTED.json"
@@ -125,6 +137,76 @@ def synthetic_sentences() -> list[str]:
     return sorted(out)
 
 
+# -- gRefCOCO expressions ---------------------------------------------------------------------------
+
+GREF_IMAGE_ID0 = 1_000_000  # gRefCOCO scene image ids start after this (REFER scenes use 1 .. N)
+_NEVER_COLOURS = ("purple", "orange")  # never painted: "the purple star" names nothing
+_NEVER_SHAPES = ("star", "heart")
+_COUNT_WORDS = {2: "both", 3: "all three", 4: "all four"}
+
+
+def _plural(shape: str) -> str:
+    return shape + "s"
+
+
+def _gref_colour_group(colour: str, shape_of: list[str]) -> list[str]:
+    """Expressions for every object of ``colour`` (``shape_of``: their shapes)."""
+    n, c = len(shape_of), colour
+    if n == 1:
+        return [c, f"the {c} shape", f"the {c} {shape_of[0]}", f"the {c} one"]
+    out = [f"all the {c} shapes", f"the {c} ones", f"the {c} shapes", f"every {c} shape"]
+    if n in _COUNT_WORDS:
+        out.append(f"{_COUNT_WORDS[n]} {c} shapes")
+    if len(set(shape_of)) == 1:
+        out.append(f"the {c} {_plural(shape_of[0])}")
+    return out
+
+
+def _gref_shape_group(shape: str, n: int) -> list[str]:
+    """Expressions for every object of ``shape`` when there are ``n`` >= 2 of them."""
+    out = [f"all the {_plural(shape)}", f"the {_plural(shape)}", f"every {shape}"]
+    if n in _COUNT_WORDS:
+        out.append(f"{_COUNT_WORDS[n]} {_plural(shape)}")
+    return out
+
+
+def _gref_no_target(absent_colours: Sequence[str], absent_shapes: Sequence[str], present_colours: Sequence[str],
+                    rng: np.random.Generator) -> list[str]:
+    """Expressions that name nothing in the image: an absent palette colour / shape, or never-drawn words."""
+    kind = int(rng.integers(3)) if absent_colours else 2
+    if kind == 0 or (kind == 1 and not absent_shapes):
+        c = str(rng.choice(list(absent_colours)))
+        return [c, f"the {c} shape", f"the {c} one", f"all the {c} shapes"]
+    if kind == 1:
+        sh = str(rng.choice(list(absent_shapes)))
+        return [f"the {sh}", f"all the {_plural(sh)}", f"the {_plural(sh)}"]
+    c = str(rng.choice(_NEVER_COLOURS))
+    sh = str(rng.choice(_NEVER_SHAPES))
+    pc = str(rng.choice(list(present_colours)))
+    return [f"the {c} {sh}", f"the {c} shape", f"the {pc} {sh}", f"all the {_plural(sh)}"]
+
+
+def synthetic_grefcoco_sentences() -> list[str]:
+    """Every sentence the gRefCOCO generator can produce (sorted, de-duplicated)."""
+    out: set[str] = set()
+    for c in COLOURS:
+        for n in range(1, 5):
+            for s in SHAPES:
+                out.update(_gref_colour_group(c, [s] * n))  # mixed shapes give a subset of these
+        out.update([c, f"the {c} shape", f"the {c} one", f"all the {c} shapes"])
+        for sh in _NEVER_SHAPES:
+            out.update([f"the {c} {sh}"])
+    for s in SHAPES + _NEVER_SHAPES:
+        for n in range(2, 5):
+            out.update(_gref_shape_group(s, n))
+        out.update([f"the {s}", f"all the {_plural(s)}", f"the {_plural(s)}"])
+    for c in _NEVER_COLOURS:
+        out.add(f"the {c} shape")
+        for sh in _NEVER_SHAPES:
+            out.add(f"the {c} {sh}")
+    return sorted(out)
+
+
 # -- scenes -----------------------------------------------------------------------------------------
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[float]:
@@ -139,12 +221,14 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[float]:
 
 
 def _scene(rng: np.random.Generator, image_size: int, min_objects: int, max_objects: int,
-           colour_names: tuple[str, ...] = tuple(COLOURS), shapes: tuple[str, ...] = SHAPES) -> tuple[int, int, list]:
-    """(height, width, objects [(colour, shape, cx, cy, r)]), non-overlapping, distinct colours."""
+           colour_names: tuple[str, ...] = tuple(COLOURS), shapes: tuple[str, ...] = SHAPES,
+           repeat_colours: bool = False) -> tuple[int, int, list]:
+    """(height, width, objects [(colour, shape, cx, cy, r)]), non-overlapping, distinct colours unless
+    ``repeat_colours`` (the gRefCOCO scenes)."""
     w = image_size
     h = image_size if rng.random() < 0.5 else int(round(image_size * 0.75))
     n = int(rng.integers(min_objects, max_objects + 1))
-    colours = rng.choice(list(colour_names), size=n, replace=False)
+    colours = rng.choice(list(colour_names), size=n, replace=repeat_colours)
     r_lo, r_hi = image_size / 10, image_size / 6
     objs: list[tuple[str, str, float, float, float]] = []
     for colour in colours:
@@ -208,6 +292,83 @@ def _split_of(index: int, num_train: int, num_val: int, num_test: int, split_by:
     return "testA" if index - num_train - num_val < (num_test + 1) // 2 else "testB"
 
 
+# -- gRefCOCO ---------------------------------------------------------------------------------------
+
+def _write_grefcoco(root: str | Path, img_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
+                    image_size: int, min_objects: int, max_objects: int, sentences_per_ref: int,
+                    colour_names: tuple[str, ...], shape_names: tuple[str, ...]) -> tuple[dict, set[str], int]:
+    """Scenes with repeatable colours, their images, and ``grefcoco/{instances.json, grefs(unc).json}``.
+    Returns (per-split stats, sentences, number of images)."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from evf_sam.data.grefer import NO_TARGET, write_grefer
+
+    categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
+    images, annotations, refs = [], [], []
+    sentences: set[str] = set()
+    per_split: dict[str, dict[str, Any]] = {}
+    ann_id, ref_id, sent_id = 1, 1, 1
+    for idx in range(num_train + num_val + num_test):
+        rng = np.random.default_rng([int(seed), idx, 7])  # own stream: the REFER scenes are unchanged
+        h, w, objs = _scene(rng, image_size, min_objects, max_objects, colour_names, shape_names, repeat_colours=True)
+        image_id = GREF_IMAGE_ID0 + idx + 1
+        canvas = np.empty((h, w, 3), np.uint8)
+        canvas[:] = _BACKGROUND
+        objects = []  # (ann_id, colour, shape)
+        for colour, shape, cx, cy, r in objs:
+            poly = _polygon(shape, cx, cy, r)
+            m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], h, w)))
+            canvas[m.astype(bool)] = COLOURS[colour]
+            ys, xs = np.nonzero(m)
+            bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+            annotations.append({"id": ann_id, "image_id": image_id, "category_id": SHAPES.index(shape) + 1,
+                                "segmentation": _segmentation(m, poly, ann_id % 3), "bbox": bbox,
+                                "area": int(m.sum()), "iscrowd": 0})
+            objects.append((ann_id, colour, shape))
+            ann_id += 1
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        buf = io.BytesIO()
+        Image.fromarray(canvas).save(buf, format="JPEG", quality=95)
+        (img_dir / file_name).write_bytes(buf.getvalue())
+        images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+
+        split = _split_of(idx, num_train, num_val, num_test, "unc")
+        targets: list[tuple[list[int], list[str]]] = []  # (ann ids, candidate expressions)
+        for colour in sorted({c for _, c, _ in objects}):
+            group = [(a, sh) for a, c, sh in objects if c == colour]
+            targets.append(([a for a, _ in group], _gref_colour_group(colour, [sh for _, sh in group])))
+        for shape in sorted({sh for _, _, sh in objects}):
+            group = [a for a, _, sh in objects if sh == shape]
+            if len(group) >= 2:
+                targets.append((group, _gref_shape_group(shape, len(group))))
+        present = {c for _, c, _ in objects}
+        absent_c = [c for c in colour_names if c not in present]
+        absent_s = [x for x in shape_names if x not in {sh for _, _, sh in objects}]
+        targets.append(([NO_TARGET], _gref_no_target(absent_c, absent_s, sorted(present), rng)))
+        st = per_split.setdefault(split, {"refs": 0, "sentences": 0, "images": 0, "multi_target_refs": 0,
+                                          "no_target_refs": 0})
+        st["images"] += 1
+        for ids, cands in targets:
+            pick = rng.choice(len(cands), size=min(sentences_per_ref, len(cands)), replace=False)
+            sents = []
+            for j in sorted(int(p) for p in pick):
+                t = cands[j]
+                sents.append({"sent_id": sent_id, "sent": t, "raw": t[0].upper() + t[1:], "tokens": t.split()})
+                sent_id += 1
+                sentences.add(t)
+            cats = [] if ids == [NO_TARGET] else sorted({SHAPES.index(sh) + 1 for a, _, sh in objects if a in ids})
+            refs.append({"ref_id": ref_id, "ann_id": ids, "image_id": image_id, "category_id": cats, "split": split,
+                         "file_name": file_name, "sent_ids": [x["sent_id"] for x in sents], "sentences": sents})
+            ref_id += 1
+            st["refs"] += 1
+            st["sentences"] += len(sents)
+            st["multi_target_refs"] += int(len(ids) > 1)
+            st["no_target_refs"] += int(ids == [NO_TARGET])
+    write_grefer(root, images, annotations, categories, refs)
+    return per_split, sentences, len(images)
+
+
 # -- the dataset ------------------------------------------------------------------------------------
 
 def _is_done(base: Path, params: dict) -> dict | None:
@@ -222,6 +383,8 @@ def _is_done(base: Path, params: dict) -> dict | None:
         return None
     img_dir = base / IMAGE_DIRS["refcoco"]
     needed = [base / d / f for d, b in _DATASETS for f in ("instances.json", f"refs({b}).p")]
+    if params.get("grefcoco"):
+        needed += [base / "grefcoco" / "instances.json", base / "grefcoco" / "grefs(unc).json"]
     if not all(f.is_file() for f in needed):
         return None
     if sum(1 for _ in img_dir.glob("COCO_train2014_*.jpg")) != m["stats"]["images"]:
@@ -233,14 +396,15 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
                          num_test: int = 100, image_size: int = 128, min_objects: int = 2, max_objects: int = 4,
                          sentences_per_ref: int = 3, colours: Sequence[str] | None = None,
                          shapes: Sequence[str] | None = None, difficulty: str = "easy",
-                         force: bool = False) -> dict[str, Any]:
+                         grefcoco: bool = False, force: bool = False) -> dict[str, Any]:
     """Writes (or reuses) the synthetic REFER datasets under ``<root>/refer_seg``; returns stats.
 
     Task knobs: ``min_objects`` / ``max_objects`` per image, ``colours`` (a subset of `COLOURS`,
     default all; each image uses distinct ones), ``shapes`` (a subset of `SHAPES`), ``difficulty``
     ("easy": every expression names the colour; "colour_only": only "red" / "the red one" / "the
     red circle"; "hard": adds colour-free expressions that still identify the object, see
-    `_expressions`), ``sentences_per_ref``, ``image_size``.
+    `_expressions`), ``sentences_per_ref``, ``image_size``. ``grefcoco``: also write the gRefCOCO
+    look-alike (module docstring; same split sizes, its own scenes and images).
 
     Images 0..num_train-1 are train, then num_val val, then num_test test images (unc: first half
     testA, second half testB; umd: test); the same image has the same split in every dataset.
@@ -270,6 +434,8 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
                   max_objects=int(max_objects), sentences_per_ref=int(sentences_per_ref))
     if (colours, shapes, difficulty) != (None, None, "easy"):  # defaults keep older manifests valid
         params.update(colours=list(colour_names), shapes=list(shape_names), difficulty=difficulty)
+    if grefcoco:  # off keeps older manifests valid
+        params.update(grefcoco=True)
     base = refer_dir(root)
     if not force:
         stats = _is_done(base, params)
@@ -278,13 +444,13 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
 
     # (re)build: refuse to clobber a REFER root that we did not write
     ours = (base / MANIFEST).is_file() or (base / _STARTED).is_file()
-    if not ours and any((base / d).exists() for d, _ in _DATASETS):
+    if not ours and any((base / d).exists() for d, _ in (*_DATASETS, ("grefcoco", "unc"))):
         raise FileExistsError(f"{base} holds REFER data that was not written by the synthetic generator; "
                               "use another --root")
     base.mkdir(parents=True, exist_ok=True)
     (base / MANIFEST).unlink(missing_ok=True)
     atomic_write_bytes(base / _STARTED, json.dumps({"params": params}).encode())
-    for d, _ in _DATASETS:
+    for d, _ in (*_DATASETS, ("grefcoco", "unc")):
         shutil.rmtree(base / d, ignore_errors=True)
     img_dir = base / IMAGE_DIRS["refcoco"]
     shutil.rmtree(img_dir, ignore_errors=True)
@@ -360,8 +526,17 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
         ds_stats[f"{dataset}|{split_by}"] = {s: {"refs": v["refs"], "sentences": v["sentences"],
                                                  "images": len(v["images"])} for s, v in per_split.items()}
 
+    n_images = n_total
+    if grefcoco:
+        gstats, gsents, n_gref = _write_grefcoco(
+            root, img_dir, seed=seed, num_train=num_train, num_val=num_val, num_test=num_test, image_size=image_size,
+            min_objects=min_objects, max_objects=max_objects, sentences_per_ref=sentences_per_ref,
+            colour_names=colour_names, shape_names=shape_names)
+        ds_stats["grefcoco|unc"] = gstats
+        all_sentences |= gsents
+        n_images += n_gref
     atomic_write_bytes(base / "sentences.txt", ("\n".join(sorted(all_sentences)) + "\n").encode())
-    stats = {"root": str(Path(root)), "images": n_total, "objects": len(annotations), "datasets": ds_stats}
+    stats = {"root": str(Path(root)), "images": n_images, "objects": len(annotations), "datasets": ds_stats}
     atomic_write_bytes(base / MANIFEST, json.dumps({"params": params, "stats": stats}, indent=2).encode())
     (base / _STARTED).unlink(missing_ok=True)
     return {**stats, "reused": False}
@@ -381,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--colours", default=None, help=f"comma-separated subset of {','.join(COLOURS)}")
     p.add_argument("--shapes", default=None, help=f"comma-separated subset of {','.join(SHAPES)}")
     p.add_argument("--difficulty", default="easy", choices=DIFFICULTIES)
+    p.add_argument("--grefcoco", action="store_true", help="also write the gRefCOCO look-alike (refer_seg/grefcoco)")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete dataset exists")
     a = p.parse_args(argv)
     stats = make_synthetic_refer(a.root, seed=a.seed, num_train=a.num_train, num_val=a.num_val,
@@ -388,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                                  max_objects=a.max_objects, sentences_per_ref=a.sentences_per_ref,
                                  colours=a.colours.split(",") if a.colours else None,
                                  shapes=a.shapes.split(",") if a.shapes else None, difficulty=a.difficulty,
-                                 force=a.force)
+                                 grefcoco=a.grefcoco, force=a.force)
     print(f"{'reused' if stats['reused'] else 'wrote'} {stats['images']} images, {stats['objects']} objects "
           f"under {refer_dir(a.root)}")
     for name, splits in stats["datasets"].items():

@@ -19,6 +19,11 @@ Sources (one interface: ``name``, ``rate``, ``sample(rng, ...) -> TrainSample``,
   ``sentences_per_image`` sentences drawn without replacement from all sentences of the image's refs
   (as LISA), each with its object's mask. Images in the val / test splits of every RefCOCO-family split
   (``EXCLUDE_SPLITS``) are removed from every source; the count is logged.
+- `GReferTrainSource` (gRefCOCO, ``data.sources.grefcoco``, off by default): the same draws over
+  gRefCOCO's train split; a sentence's mask is the union of its objects, all zeros for a no-target
+  expression (``ann_id == [-1]``, `evf_sam.data.grefer`), which BCE + Dice then train towards an
+  empty prediction. gRefCOCO's val / test images (the RefCOCO unc ones) are excluded when its refs file
+  is present.
 - `SemanticTrainSource` (paper Tab. 6: ADE20K, Mapillary Vistas; readers in `evf_sam.data.semantic`):
   an image and up to ``classes_per_image`` classes present in it, each as ``"[semantic] <class name>"``
   with the mask ``label == class``. Without semantic sources every REFER sample is exactly what it was
@@ -43,7 +48,8 @@ from torch.utils.data import Dataset, Sampler
 from evf_sam.data.batch import Batch, ImageKey, TrainSample, collate_samples
 from evf_sam.tokenizer import SEMANTIC_PREFIX
 
-__all__ = ["EXCLUDE_SPLITS", "ReferTrainDataset", "ReferTrainSource", "SemanticTrainSource", "Source",
+__all__ = ["EXCLUDE_SPLITS", "GReferTrainSource", "ReferTrainDataset",
+           "ReferTrainSource", "SemanticTrainSource", "Source",
            "StepBatchSampler", "TrainDatasetBase", "check_refer_root", "make_train_sample"]
 
 logger = logging.getLogger(__name__)
@@ -58,13 +64,17 @@ DATA_README = "data/README.md"
 @dataclass(frozen=True)
 class Source:
     name: str  # config key, e.g. "refcoco_plus"
-    dataset: str  # REFER dataset dir: refcoco | refcoco+ | refcocog | refclef
+    dataset: str  # REFER dataset dir: refcoco | refcoco+ | refcocog | refclef | grefcoco (evf_sam.data.grefer)
     split_by: str  # unc | google | umd | berkeley
     rate: float  # relative sampling rate (normalised over sources)
     split: str = "train"
 
 
 def _refs_file(root: Path, dataset: str, split_by: str) -> Path:
+    from evf_sam.data.grefer import grefs_path, is_gref_dataset
+
+    if is_gref_dataset(dataset):  # grefs(unc).p, else grefs(unc).json
+        return grefs_path(root, dataset, split_by)
     return root / "refer_seg" / dataset / f"refs({split_by}).p"
 
 
@@ -86,7 +96,7 @@ def check_refer_root(root: str | Path, sources: Sequence[Source]) -> None:
         raise FileNotFoundError(
             f"data.root={str(root)!r} lacks {len(missing)} file(s) the training mix needs:\n  "
             + "\n  ".join(missing)
-            + f"\nSee {DATA_README} for how to download and lay out RefCOCO / RefCOCO+ / RefCOCOg / RefCLEF "
+            + f"\nSee {DATA_README} for how to download and lay out RefCOCO / RefCOCO+ / RefCOCOg / RefCLEF / gRefCOCO "
               "(or train on synthetic data: data=synthetic)."
         )
 
@@ -188,10 +198,23 @@ class ReferTrainSource:
         image_id, pairs = self.images[int(rng.integers(len(self.images)))]
         chosen = [pairs[int(j)] for j in rng.choice(len(pairs), size=min(self.k, len(pairs)), replace=False)]
         return make_train_sample(load_image(self.reader.image_path(image_id)),
-                                 [self.reader.annotation_mask(ann_id) for ann_id, _ in chosen],
+                                 [self.target_mask(target, image_id) for target, _ in chosen],
                                  [sentence for _, sentence in chosen], image_key=self.key(image_id),
                                  sam_size=sam_size, beit_size=beit_size, resize_mode=self.resize_mode,
                                  with_sam_images=with_sam_images)
+
+
+    def target_mask(self, ann_id, image_id: int) -> np.ndarray:
+        """(H, W) uint8 ground truth of one sentence's target (here: one annotation)."""
+        return self.reader.annotation_mask(ann_id)
+
+
+class GReferTrainSource(ReferTrainSource):
+    """gRefCOCO's train split (reader: `evf_sam.data.grefer.GReferDataset`); targets are tuples of
+    annotation ids, ``(-1,)`` for no target (an all-zero mask)."""
+
+    def target_mask(self, ann_id, image_id: int) -> np.ndarray:  # noqa: D102
+        return self.reader.target_mask(list(ann_id), image_id)
 
 
 class SemanticTrainSource:
@@ -291,6 +314,7 @@ class ReferTrainDataset(TrainDatasetBase):
                  exclude_splits: Sequence[tuple[str, str]] = EXCLUDE_SPLITS, with_sam_images: bool = True,
                  encoder: str = "beit3_large", semantic_sources: Sequence[SemanticTrainSource] = (),
                  resize_mode: str = "pad"):
+        from evf_sam.data.grefer import GReferDataset, grefs_path, is_gref_dataset
         from evf_sam.data.refer import ReferDataset
 
         self.encoder = encoder
@@ -310,6 +334,10 @@ class ReferTrainDataset(TrainDatasetBase):
                                _refs_file(self.root, dataset, split_by))
                 continue
             excluded |= set(_eval_image_ids(ReferDataset(self.root, dataset, split_by)))
+        self.excluded_splits = [f"{d}|{b}" for d, b in EXCLUDE_SPLITS]
+        if sources and grefs_path(self.root).is_file():  # gRefCOCO val/test (RefCOCO unc's images) when present
+            excluded |= set(_eval_image_ids(GReferDataset(self.root)))
+            self.excluded_splits.append("grefcoco|unc")
         self.num_excluded_ids = len(excluded)
 
         if not sources and not self.semantic:
@@ -317,7 +345,8 @@ class ReferTrainDataset(TrainDatasetBase):
         self.refer: list[ReferTrainSource] = []
         self.excluded_per_source: dict[str, int] = {}
         for s in sources:
-            reader = ReferDataset(self.root, s.dataset, s.split_by)
+            gref = is_gref_dataset(s.dataset)
+            reader = (GReferDataset if gref else ReferDataset)(self.root, s.dataset, s.split_by)
             per_image = _train_sentences(reader, s.split)
             n0 = len(per_image)
             if s.dataset != "refclef":
@@ -325,8 +354,8 @@ class ReferTrainDataset(TrainDatasetBase):
             self.excluded_per_source[s.name] = n0 - len(per_image)
             if not per_image:
                 raise ValueError(f"data source {s.name} ({s.dataset}|{s.split_by}|{s.split}) has no training images")
-            self.refer.append(ReferTrainSource(reader, s, sorted(per_image.items()),
-                                               sentences_per_image=sentences_per_image, resize_mode=resize_mode))
+            self.refer.append((GReferTrainSource if gref else ReferTrainSource)(
+                reader, s, sorted(per_image.items()), sentences_per_image=sentences_per_image, resize_mode=resize_mode))
         self.num_excluded = sum(self.excluded_per_source.values())
         self.sources = [*self.refer, *self.semantic]  # the order of `probs`
         rates = np.array([s.rate for s in self.sources], dtype=np.float64)
@@ -338,7 +367,7 @@ class ReferTrainDataset(TrainDatasetBase):
         parts += [f"{s.name}={len(s)} semantic images (p={p:.3f}, up to {s.k} classes each, prefix {s.prefix!r})"
                   for s, p in zip(self.semantic, self.probs[len(self.refer):])]
         return (f"training mix: {'; '.join(parts)}; excluded {self.num_excluded} training images that are in "
-                f"val/test splits of {', '.join(f'{d}|{b}' for d, b in EXCLUDE_SPLITS)}")
+                f"val/test splits of {', '.join(self.excluded_splits)}")
 
     def image_keys(self) -> list[ImageKey]:
         """Every image a sample can come from (sorted, each once: the embedding cache's rows)."""
@@ -362,14 +391,18 @@ def _eval_image_ids(reader) -> list[int]:
     return [ref["image_id"] for ref in reader.refs if ref["split"] != "train"]
 
 
-def _train_sentences(reader, split: str) -> dict[int, list[tuple[int, str]]]:
-    out: dict[int, list[tuple[int, str]]] = {}
+def _train_sentences(reader, split: str) -> dict[int, list[tuple[int | tuple[int, ...], str]]]:
+    out: dict[int, list[tuple[int | tuple[int, ...], str]]] = {}
     skip = getattr(reader, "empty_ann_ids", set())  # annotations without a polygon of 3+ points (refer.py)
     for ref in reader.refs:
-        if ref["split"] != split or int(ref["ann_id"]) in skip:
+        if ref["split"] != split:
+            continue
+        a = ref["ann_id"]  # a list for gRefCOCO: every object of the expression
+        target = tuple(int(x) for x in a) if isinstance(a, (list, tuple)) else int(a)
+        if skip and any(t in skip for t in (target if isinstance(target, tuple) else (target,))):
             continue
         for s in ref["sentences"]:
             text = s["sent"].strip().lower()
             if text:
-                out.setdefault(int(ref["image_id"]), []).append((int(ref["ann_id"]), text))
+                out.setdefault(int(ref["image_id"]), []).append((target, text))
     return out

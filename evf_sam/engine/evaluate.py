@@ -13,6 +13,10 @@ sums are all-reduced, so the numbers are identical for every world size (with ba
 Semantic-segmentation splits (`evf_sam.data.eval_dataset.SemanticEvalDataset`, paper Tab. 6) give items
 with a class id per expression (and optionally an ignore mask, left out of I and U): the result then
 also has ``miou`` (per-class ΣI/ΣU, mean over the classes that occur) and ``n_classes``.
+
+gRefCOCO splits (`evf_sam.data.eval_dataset.GReferEvalDataset`, ``grefcoco|unc|val``) are scored with
+`evf_sam.metrics.GRefMetrics`: + ``n_acc``, ``t_acc``, ``n_no_target`` (an expression may name several
+objects or none; a prediction with area <= ``empty_area`` of the image counts as empty: eval.yaml key).
 """
 
 from __future__ import annotations
@@ -28,16 +32,17 @@ import torch
 from evf_sam.atomic import atomic_write_text
 from evf_sam.data.batch import text_length
 from evf_sam.engine.batched_eval import eval_loader, predict_batch
-from evf_sam.metrics import ClassIoU, RefMetrics
+from evf_sam.metrics import ClassIoU, GRefMetrics, RefMetrics
 from evf_sam.precision import dtype_of
 
 __all__ = ["METRIC_KEYS", "PAPER_ALIAS", "check_eval_checkpoint", "check_eval_splits", "eval_config", "evaluate",
            "expand_splits", "format_paper_table", "read_results", "run_eval_from_config", "write_results"]
 
 METRIC_KEYS = ("ciou", "giou", "pr@0.5", "pr@0.6", "pr@0.7", "pr@0.8", "pr@0.9", "n_expressions", "n_images",
-               "miou")  # miou: semantic splits only (empty in results.csv for REFER splits)
+               "miou",  # miou: semantic splits only (empty in results.csv for REFER splits)
+               "n_acc", "t_acc", "n_no_target")  # gRefCOCO splits only
 _DATASET_TITLES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg", "refclef": "RefCLEF",
-                   "ade20k": "ADE20K", "mapillary": "Mapillary"}
+                   "ade20k": "ADE20K", "mapillary": "Mapillary", "grefcoco": "gRefCOCO"}
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +88,8 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
     was_training = model.training
     model.eval()
     metrics = RefMetrics()
+    if getattr(dataset, "no_target_split", False):  # gRefCOCO: + N-acc / T-acc
+        metrics = GRefMetrics(empty_area=dataset.empty_area)
     class_iou = None
     if getattr(dataset, "num_classes", None):  # semantic-segmentation split: + mIoU over its classes
         class_iou = ClassIoU(dataset.num_classes)
@@ -106,7 +113,9 @@ def evaluate(model, tokenizer, dataset, *, device: torch.device | str = "cpu", d
                 ignore = getattr(it, "ignore_mask", None)
                 if ignore is not None:  # (H, W) unlabeled pixels of semantic data: in neither I nor U
                     pred = pred & ~ignore.to(device)
-                inter, union = metrics.update(pred, it.gt_masks.to(device))
+                no_target = getattr(it, "no_target", None)  # gRefCOCO items
+                inter, union = (metrics.update(pred, it.gt_masks.to(device)) if no_target is None
+                                else metrics.update(pred, it.gt_masks.to(device), no_target))
                 if class_iou is not None:
                     class_iou.update(it.class_ids, inter, union)
                 metrics.add_images(1)
@@ -323,7 +332,8 @@ def check_eval_splits(cfg) -> list[_PlannedSplit]:
     """Every split of ``cfg.splits`` exists with its files (refs, instances, the images evaluated;
     ADE20K / Mapillary layouts): errors name the split and the missing file. One reader per
     ``dataset|split_by``, shared by its splits."""
-    from evf_sam.data.eval_dataset import ReferEvalDataset
+    from evf_sam.data.eval_dataset import build_eval_dataset
+    from evf_sam.data.grefer import GReferDataset, is_gref_dataset
     from evf_sam.data.refer import ReferDataset
     from evf_sam.data.semantic import build_semantic_reader
 
@@ -348,8 +358,10 @@ def check_eval_splits(cfg) -> list[_PlannedSplit]:
                                  "run=RUN_DIR")
             reader = readers.get((dataset, split_by))
             if reader is None:
-                reader = readers[(dataset, split_by)] = ReferDataset(root, dataset, split_by)
-            entries = ReferEvalDataset(root, dataset, split_by, split, reader=reader).subset(cfg.get("max_images"))
+                reader_cls = GReferDataset if is_gref_dataset(dataset) else ReferDataset
+                reader = readers[(dataset, split_by)] = reader_cls(root, dataset, split_by)
+            entries = build_eval_dataset(root, dataset, split_by, split, reader=reader,
+                                         max_images=cfg.get("max_images"))
             missing = [reader.image_path(image_id) for image_id, _ in entries.entries
                        if not reader.image_path(image_id).is_file()]
             if missing:
@@ -412,7 +424,8 @@ def _eval_settings(cfg, ckpt: Path, tok_dir: Path) -> dict[str, Any]:
             "max_images": cfg.get("max_images"), "batch_size": int(cfg.get("batch_size", 1)),
             "max_text_len": cfg.get("max_text_len"), "data_root": path(cfg.data.get("root")),
             "semantic_root": path(cfg.data.get("semantic_root")), "semantic_prefix": cfg.get("semantic_prefix"),
-            "semantic_ignore_unlabeled": bool(cfg.get("semantic_ignore_unlabeled", True))}
+            "semantic_ignore_unlabeled": bool(cfg.get("semantic_ignore_unlabeled", True)),
+            "empty_area": float(cfg.get("empty_area", 0.0))}
 
 
 def _reusable_results(out_dir: Path, settings: dict[str, Any], *, overwrite: bool,
@@ -467,7 +480,7 @@ def run_eval_from_config(cfg, *, replace_mismatched: bool = False) -> dict[str, 
     """
     from omegaconf import OmegaConf
 
-    from evf_sam.data.eval_dataset import ReferEvalDataset
+    from evf_sam.data.eval_dataset import build_eval_dataset
     from evf_sam.engine import distributed as D
     from evf_sam.models.evf_sam import EvfSam
 
@@ -524,9 +537,9 @@ def run_eval_from_config(cfg, *, replace_mismatched: bool = False) -> dict[str, 
             if p.split_by == "semantic":  # ADE20K / Mapillary val (paper Tab. 6): one expression per class present
                 ds = _semantic_eval_dataset(cfg, model, tokenizer, p.reader)
             else:
-                ds = ReferEvalDataset(cfg.data.root, p.dataset, p.split_by, p.split, reader=p.reader,
-                                      sam_size=model.sam_image_size, beit_size=model.beit_image_size,
-                                      resize_mode=model.resize_mode)
+                ds = build_eval_dataset(cfg.data.root, p.dataset, p.split_by, p.split, reader=p.reader,
+                                        sam_size=model.sam_image_size, beit_size=model.beit_image_size,
+                                        resize_mode=model.resize_mode, empty_area=float(cfg.get("empty_area", 0.0)))
             save = out_dir / "masks" / p.name.replace("|", "_") if cfg.get("save_masks") else None
             m = evaluate(model, tokenizer, ds, device=info.device, dtype=dtype, max_images=cfg.get("max_images"),
                          save_masks_dir=save, progress=bool(cfg.get("progress", True)),
@@ -536,6 +549,8 @@ def run_eval_from_config(cfg, *, replace_mismatched: bool = False) -> dict[str, 
             if D.is_main():
                 write_results(out_dir, results, config=config, checkpoint=str(ckpt), row_name=row, settings=settings)
                 miou = f"  mIoU {100 * m['miou']:.2f}" if "miou" in m else ""
+                miou += "".join(f"  {k} {'-' if m[k] is None else f'{100 * m[k]:.2f}'}"
+                                for k in ("n_acc", "t_acc") if k in m)  # gRefCOCO
                 logger.info("%s: cIoU %.2f  gIoU %.2f%s  (%d expressions, %d images)", p.name, 100 * m["ciou"],
                             100 * m["giou"], miou, m["n_expressions"], m["n_images"])
         del model
