@@ -1,4 +1,5 @@
-"""The schema of the Hydra training configuration (configs/train.yaml and its groups).
+"""The schema of the Hydra configurations: training (configs/train.yaml and its groups) and evaluation
+(configs/eval.yaml: `EvalConfig`).
 
 Every option file of a group extends its group's schema (a dataclass below, registered in Hydra's
 ConfigStore as ``schema/<group>``)::
@@ -37,7 +38,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from omegaconf import MISSING
 
-__all__ = ["DataConfig", "DeepSpeedConfig", "EncoderConfig", "ExtraDataConfig", "FeatureConfig", "FusionConfig",
+__all__ = ["DataConfig", "DeepSpeedConfig", "EncoderConfig", "EvalConfig", "EvalDataConfig", "ExtraDataConfig", "FeatureConfig", "FusionConfig",
            "LoggerConfig", "LossConfig", "MODEL_BUILD_KEYS", "ModelConfig", "OptimConfig", "RandomDataConfig",
            "RandomValConfig", "ReferDataConfig", "ReferSourceConfig", "ReferValConfig", "RunConfig", "SamConfig",
            "SemanticSourceConfig", "SemanticValConfig", "SyntheticConfig", "TrainableConfig", "TrainerConfig",
@@ -303,12 +304,45 @@ class RunConfig:
     resume: Optional[str] = MISSING  # auto | none (or null) | a checkpoint tag directory
 
 
+# -- evaluation (configs/eval.yaml, scripts/eval_refcoco.py) ------------------------------------------------------
+
+
+@dataclass
+class EvalDataConfig:
+    root: Optional[str] = MISSING
+    semantic_root: Optional[str] = MISSING
+    num_workers: int = MISSING
+
+
+@dataclass
+class EvalConfig:
+    """The keys of configs/eval.yaml (its comments say what each does)."""
+
+    checkpoint: Optional[str] = MISSING
+    run: Optional[str] = MISSING
+    tokenizer: Optional[str] = MISSING
+    data: EvalDataConfig = MISSING
+    splits: Any = MISSING  # a list of dataset|split_by|split names, or "paper"
+    precision: str = MISSING
+    device: str = MISSING
+    max_images: Optional[int] = MISSING
+    batch_size: int = MISSING
+    max_text_len: Optional[int] = MISSING
+    save_masks: bool = MISSING
+    progress: bool = MISSING
+    output_dir: Optional[str] = MISSING
+    overwrite: bool = MISSING
+    semantic_prefix: Optional[str] = MISSING
+    semantic_ignore_unlabeled: bool = MISSING
+    empty_area: float = MISSING
+
+
 SCHEMAS: dict[str, type] = {
     "model": ModelConfig, "sam": SamConfig, "encoder": EncoderConfig, "fusion": FusionConfig,
     "feature": FeatureConfig, "trainable": TrainableConfig, "extra_data": ExtraDataConfig,
     "refer_data": ReferDataConfig, "random_data": RandomDataConfig, "optim": OptimConfig,
     "deepspeed": DeepSpeedConfig, "logger": LoggerConfig, "wandb_logger": WandbLoggerConfig,
-    "trainer": TrainerConfig,
+    "trainer": TrainerConfig, "eval": EvalConfig,
 }
 
 

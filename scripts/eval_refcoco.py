@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+import evf_sam.config  # noqa: E402,F401  (registers the config schemas: a wrong key or type fails at composition)
 from evf_sam.engine.errors import reporting  # noqa: E402
 
 
