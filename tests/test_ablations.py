@@ -313,6 +313,16 @@ def test_trainable_groups_select_the_papers_rows():
 AXIS_GROUPS = ("encoder", "fusion", "feature", "trainable", "sam", "data")
 AXIS_DEFAULTS = ("beit3_large", "early", "auto", "enc_proj_prompt_mask", "vit_h", "refer_mix")
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("table*.yaml"))
+# configs/experiment/tableN.yaml still sweep the row sets written before the paper's tables were
+# transcribed into evf_sam/paper_numbers.py (e.g. Tab. 3 has 13 rows, Tab. 4 row 1 trains only the mask
+# decoder); realigning them is issue 10's config work. Strict: a realigned experiment makes its entry
+# here fail (XPASS) until it is removed.
+_NOT_YET_THE_PAPERS_ROWS = "configs/experiment/{} does not sweep the paper's rows yet (issue 10)"
+
+
+def _experiments(pending: set[str]) -> list:
+    return [pytest.param(e, marks=pytest.mark.xfail(strict=True, reason=_NOT_YET_THE_PAPERS_ROWS.format(e)))
+            if e in pending else e for e in EXPERIMENTS]
 
 
 def test_every_ablation_table_has_an_experiment():
@@ -357,7 +367,7 @@ def _table_extra(experiment: str) -> list[str]:
         if experiment == "table1" else []
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", _experiments({"table1", "table3", "table4", "table6", "table7"}))
 def test_experiment_sweeps_compose_against_a_minimal_primary_config(experiment, tmp_path):
     """Independent of configs/train.yaml: a primary config holding only the four axis groups."""
     import shutil
@@ -378,7 +388,7 @@ def test_experiment_sweeps_compose_against_a_minimal_primary_config(experiment, 
         assert dirs == {"clip_large": "/w/clip-l", "clip_huge": "/w/clip-h", "vilt": "/w/vilt"}
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", _experiments({"table1", "table4"}))
 def test_experiment_sweeps_compose_with_train_yaml(experiment):
     if not (CONFIGS / "train.yaml").is_file():
         pytest.skip("configs/train.yaml not written yet (the trainer's primary config)")

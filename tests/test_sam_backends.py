@@ -180,7 +180,8 @@ def test_table7_rows_build_at_toy_size_and_train_the_official_modules():
     for r, cfg in zip(rows, cfgs):
         assert cfg.model.sam_variant == cfg.sam.variant and cfg.model.encoder == cfg.encoder.name
         assert str(cfg.model.sam_checkpoint).startswith("/w/") and str(cfg.model.encoder_checkpoint).startswith("/w/")
-        assert paper_row("table7", {"sam": cfg.sam.name, "encoder": cfg.encoder.name}) is not None, r
+        assert paper_row("table7", {"sam": cfg.sam.name, "encoder": cfg.encoder.name,
+                                          "fusion": cfg.fusion.name}) is not None, r
         seen.add((cfg.sam.name, cfg.encoder.name))
         family = sam_family(cfg.model.sam_variant)
         model = build_tiny_model(seed=0, sam_variant=TINY[family]).train()
