@@ -354,3 +354,34 @@ def test_type_scores_per_expression_type(grounded, tmp_path):
     next(masks.iterdir()).unlink()
     with pytest.raises(FileNotFoundError, match="save_masks_dir"):
         type_scores(root, "refcoco", "unc", "val", masks_dir=masks)
+
+
+def test_grounded_knobs_distinct_colours_and_a_subset_of_types(tmp_path):
+    """repeat_colours=False + colour-free types: the colour that would single the object out is never named;
+    every sentence still resolves to its object from pixels and masks."""
+    from evf_sam.data.synthetic import EXPRESSION_TYPES
+
+    kinds = ("shape", "position", "ordinal", "size")
+    make_synthetic_refer(tmp_path, seed=2, num_train=30, num_val=4, num_test=4, image_size=96, difficulty="grounded",
+                         repeat_colours=False, expression_types=kinds)
+    seen = set()
+    for dataset, split_by in (("refcoco", "unc"), ("refcocog", "umd")):
+        r = ReferDataset(tmp_path, dataset, split_by)
+        for ref in r.refs:
+            pixels = np.asarray(Image.open(r.image_path(ref["image_id"])).convert("RGB"))
+            objs = _objects(r, ref["image_id"], pixels)
+            assert len({o["colour"] for o in objs}) == len(objs)
+            for s in ref["sentences"]:
+                seen.add(s["type"])
+                assert not set(s["sent"].split()) & set(COLOURS), s["sent"]
+                assert _resolve(s["sent"], s["type"], objs) == [ref["ann_id"]], (s["sent"], objs)
+    assert seen == set(kinds)
+    with pytest.raises(ValueError, match="expression_types"):
+        make_synthetic_refer(tmp_path / "x", difficulty="grounded", expression_types=["colour", "relation"])
+    with pytest.raises(ValueError, match="grounded"):
+        make_synthetic_refer(tmp_path / "x", expression_types=list(EXPRESSION_TYPES))
+    with pytest.raises(ValueError, match="repeat_colours"):
+        make_synthetic_refer(tmp_path / "x", repeat_colours=False)
+    with pytest.raises(ValueError, match="max_objects"):
+        make_synthetic_refer(tmp_path / "x", difficulty="grounded", repeat_colours=False, colours=["red", "blue"],
+                             max_objects=3)

@@ -315,16 +315,22 @@ def grounded_sentences() -> list[str]:
 
 
 def _grounded_scene(rng: np.random.Generator, image_size: int, min_objects: int, max_objects: int,
-                    colour_names: tuple[str, ...], shapes: tuple[str, ...]) -> tuple[int, int, list]:
-    """Like `_scene`, but colours are drawn with replacement and sizes vary more (radius
-    image_size/11 .. image_size/5.5), so colour, shape, position and size all matter."""
+                    colour_names: tuple[str, ...], shapes: tuple[str, ...],
+                    repeat_colours: bool = True) -> tuple[int, int, list]:
+    """Like `_scene`, but colours are drawn with replacement (unless ``repeat_colours`` is False) and
+    sizes vary more (radius image_size/11 .. image_size/5.5), so colour, shape, position and size all
+    matter."""
     w = image_size
     h = image_size if rng.random() < 0.5 else int(round(image_size * 0.75))
     n = int(rng.integers(min_objects, max_objects + 1))
     r_lo, r_hi = image_size / 11, image_size / 5.5
+    distinct = None if repeat_colours else [str(c) for c in rng.choice(list(colour_names), size=n, replace=False)]
     objs: list[tuple[str, str, float, float, float]] = []
-    for _ in range(n):
-        colour, shape = str(rng.choice(list(colour_names))), str(rng.choice(list(shapes)))
+    for k in range(n):
+        if distinct is None:
+            colour, shape = str(rng.choice(list(colour_names))), str(rng.choice(list(shapes)))
+        else:
+            colour, shape = distinct[k], str(rng.choice(list(shapes)))
         for _ in range(100):
             r = float(rng.uniform(r_lo, r_hi))
             cx = float(rng.uniform(r + 1, w - r - 2))
@@ -451,6 +457,7 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
                          num_test: int = 100, image_size: int = 128, min_objects: int = 2, max_objects: int = 4,
                          sentences_per_ref: int = 3, colours: Sequence[str] | None = None,
                          shapes: Sequence[str] | None = None, difficulty: str = "easy",
+                         expression_types: Sequence[str] | None = None, repeat_colours: bool = True,
                          force: bool = False) -> dict[str, Any]:
     """Writes (or reuses) the synthetic REFER datasets under ``<root>/refer_seg``; returns stats.
 
@@ -461,8 +468,11 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
     `_expressions`; "grounded": colours repeat within an image (default palette `GROUNDED_COLOURS`)
     and each object is referred to by what singles it out there, colour, shape, position, ordinal,
     size or a combination, each sentence dict tagged with its ``"type"`` (`EXPRESSION_TYPES`); an
-    object that nothing singles out in a dataset's style has no ref there), ``sentences_per_ref``,
-    ``image_size``.
+    object that nothing singles out in a dataset's style has no ref there), ``expression_types``
+    ("grounded" only: the subset of `EXPRESSION_TYPES` to write, default all), ``repeat_colours``
+    ("grounded" only; False: distinct colours per image, e.g. with expression_types shape / position /
+    ordinal / size, expressions that never name the colour that would single the object out),
+    ``sentences_per_ref``, ``image_size``.
 
     Images 0..num_train-1 are train, then num_val val, then num_test test images (unc: first half
     testA, second half testB; umd: test); the same image has the same split in every dataset.
@@ -479,9 +489,19 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
         raise ValueError(f"shapes must be distinct names from {list(SHAPES)}, got {list(shape_names)}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {list(DIFFICULTIES)}, got {difficulty!r}")
+    if expression_types is not None:
+        expression_types = tuple(str(t) for t in expression_types)
+        if not grounded:
+            raise ValueError("expression_types applies to difficulty='grounded' only")
+        if not expression_types or set(expression_types) - set(EXPRESSION_TYPES):
+            raise ValueError(f"expression_types must be a non-empty subset of {list(EXPRESSION_TYPES)}, "
+                             f"got {list(expression_types)}")
     if grounded:
-        if not 2 <= min_objects <= max_objects <= 6:
-            raise ValueError(f"need 2 <= min_objects <= max_objects <= 6, got {min_objects}, {max_objects}")
+        hi = 6 if repeat_colours else min(6, len(colour_names))
+        if not 2 <= min_objects <= max_objects <= hi:
+            raise ValueError(f"need 2 <= min_objects <= max_objects <= {hi}, got {min_objects}, {max_objects}")
+    elif not repeat_colours:
+        raise ValueError("repeat_colours=False applies to difficulty='grounded' only (the others never repeat)")
     elif not 2 <= min_objects <= max_objects <= len(colour_names):
         raise ValueError(f"need 2 <= min_objects <= max_objects <= {len(colour_names)} (distinct colours per "
                          f"image), got {min_objects}, {max_objects}")
@@ -497,6 +517,10 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
                   max_objects=int(max_objects), sentences_per_ref=int(sentences_per_ref))
     if (colours, shapes, difficulty) != (None, None, "easy"):  # defaults keep older manifests valid
         params.update(colours=list(colour_names), shapes=list(shape_names), difficulty=difficulty)
+    if expression_types is not None:
+        params.update(expression_types=[t for t in EXPRESSION_TYPES if t in expression_types])
+    if not repeat_colours:
+        params.update(repeat_colours=False)
     base = refer_dir(root)
     if not force:
         stats = _is_done(base, params)
@@ -525,8 +549,11 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
     ann_id = 1
     for idx in range(n_total):
         rng = np.random.default_rng([int(seed), idx])
-        scene = _grounded_scene if grounded else _scene
-        h, w, objs = scene(rng, image_size, min_objects, max_objects, colour_names, shape_names)
+        if grounded:
+            h, w, objs = _grounded_scene(rng, image_size, min_objects, max_objects, colour_names, shape_names,
+                                         repeat_colours)
+        else:
+            h, w, objs = _scene(rng, image_size, min_objects, max_objects, colour_names, shape_names)
         image_id = idx + 1
         canvas = np.empty((h, w, 3), np.uint8)
         canvas[:] = _BACKGROUND
@@ -573,6 +600,8 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
                 sents = []
                 if grounded:
                     cands = grounded_candidates(info, k, style, *sizes[idx])
+                    if expression_types is not None:
+                        cands = {t: v for t, v in cands.items() if t in expression_types}
                     for t, kind in _pick_grounded(rng, cands, sentences_per_ref):
                         sents.append({"sent_id": sent_id, "sent": t, "raw": t[0].upper() + t[1:], "tokens": t.split(),
                                       "type": kind})
@@ -623,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--colours", default=None, help=f"comma-separated subset of {','.join(COLOURS)}")
     p.add_argument("--shapes", default=None, help=f"comma-separated subset of {','.join(SHAPES)}")
     p.add_argument("--difficulty", default="easy", choices=DIFFICULTIES)
+    p.add_argument("--expression-types", default=None,
+                   help=f"grounded only: comma-separated subset of {','.join(EXPRESSION_TYPES)}")
+    p.add_argument("--distinct-colours", action="store_true", help="grounded only: no colour twice in an image")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete dataset exists")
     a = p.parse_args(argv)
     stats = make_synthetic_refer(a.root, seed=a.seed, num_train=a.num_train, num_val=a.num_val,
@@ -630,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
                                  max_objects=a.max_objects, sentences_per_ref=a.sentences_per_ref,
                                  colours=a.colours.split(",") if a.colours else None,
                                  shapes=a.shapes.split(",") if a.shapes else None, difficulty=a.difficulty,
-                                 force=a.force)
+                                 expression_types=a.expression_types.split(",") if a.expression_types else None,
+                                 repeat_colours=not a.distinct_colours, force=a.force)
     print(f"{'reused' if stats['reused'] else 'wrote'} {stats['images']} images, {stats['objects']} objects "
           f"under {refer_dir(a.root)}")
     for name, splits in stats["datasets"].items():
