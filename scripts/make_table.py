@@ -143,11 +143,51 @@ def load_run(path: Path) -> Run:
     return Run(path=str(f), results=data, axes=axes, origin=origin)
 
 
+# training-config keys that differ between seeds of one row without making it another row
+_PER_RUN_KEYS = ("seed", "run_dir", "name", "resume", "hydra", "logger")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True)}
+
+
+def _recipe(run: Run) -> dict[str, str]:
+    """The run's training config flattened, without per-run keys; paths inside its run dir made relative."""
+    cfg = run.results.get("config")
+    if not (isinstance(cfg, dict) and "trainer" in cfg):
+        return {}
+    run_dir = str(cfg.get("run_dir") or "\0")
+    flat = _flat({k: v for k, v in cfg.items() if k not in _PER_RUN_KEYS})
+    return {k: v.replace(run_dir, "<run_dir>") for k, v in flat.items()}
+
+
 def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs with the same axes and the same training recipe but for the seed form one group; groups with
+    the same axes but another recipe get ``variant`` (the config keys where they differ)."""
     groups: dict[tuple, Group] = {}
+    recipes: dict[tuple, dict[str, str]] = {}
     for r in runs:
-        key = tuple(str(r.axes.get(a)) for a in GROUP_AXES)
-        groups.setdefault(key, Group(axes={a: r.axes.get(a) for a in GROUP_AXES})).runs.append(r)
+        recipe = _recipe(r)
+        key = tuple(str(r.axes.get(a)) for a in GROUP_AXES) + (json.dumps(recipe, sort_keys=True),)
+        if key not in groups:
+            groups[key] = Group(axes={a: r.axes.get(a) for a in GROUP_AXES})
+            recipes[key] = recipe
+        groups[key].runs.append(r)
+    by_axes: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        by_axes.setdefault(key[:-1], []).append(key)
+    for keys in by_axes.values():
+        if len(keys) < 2:
+            continue
+        common = set.intersection(*(set(recipes[k].items()) for k in keys))
+        for k in keys:
+            diff = sorted(f"{name}={value}" for name, value in recipes[k].items() if (name, value) not in common)
+            groups[k].axes["variant"] = "; ".join(diff) or "(no training config)"
     return list(groups.values())
 
 
@@ -163,6 +203,11 @@ def normalise_metric(metric: str, runs: list[Run], splits: list[str]) -> str:
     key = next((k for k in found if k.lower() == metric.lower()), metric.lower())
     if not any(s in splits for s in found.get(key, ())):
         where = ", ".join(split_title(s) for s in splits)
+        if key in found:  # e.g. training runs, validated on RefCOCO val only
+            other = ", ".join(sorted(split_title(s) for s in found[key]))
+            raise TableError(f"the runs have {key} on {other} only, not on this table's split(s) {where}: evaluate "
+                             "them there (scripts/eval_refcoco.py; pilots: scripts/eval_pilot.py) and pass the "
+                             "evaluation's results.json")
         have = ", ".join(f"{k} ({len(v)} split{'s' * (len(v) > 1)})" for k, v in sorted(found.items()))
         raise TableError(f"no run has metric {metric!r} on {where}. Metrics in these runs: {have or 'none'}. "
                          f"(mIoU exists only for semantic splits such as ADE20K val; the paper reports cIoU.)")
@@ -178,6 +223,8 @@ def _label_cells(axes: dict[str, Any], names: tuple[str, ...]) -> list[str]:
         if a == "fusion" and v == "early_l12" and axes.get("fused_layers") not in (None, 12):
             v = f"early_l12 (L1-L{axes['fused_layers']})"  # scaled to a shallower pilot encoder
         out.append(DASH if v is None else str(v))
+    if out and axes.get("variant"):  # same axes, another recipe: say how it differs
+        out[-1] += f" [{axes['variant']}]"
     return out
 
 

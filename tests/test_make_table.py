@@ -274,3 +274,19 @@ def test_every_paper_table_row_names_existing_config_groups():
                 if not (ROOT / "configs" / axis / f"{value}.yaml").is_file():
                     missing.add((axis, value))
     assert missing == set(PENDING_CONFIG_GROUPS)
+
+
+def test_runs_with_another_recipe_are_not_seeds_of_one_row(make_table, tmp_path, capsys):
+    testa = "refcoco|unc|testA"
+    runs = []
+    for name, seed, lr in (("a", 0, 1e-4), ("b", 1, 1e-4), ("c", 0, 3e-4)):
+        d = _train_run(tmp_path, name, {testa: 0.5 + 0.1 * seed + lr * 100}, seed=seed)
+        data = json.loads((d / "results.json").read_text())
+        data["config"].update(optim={"lr": lr}, run_dir=str(d))
+        data["config"]["model"]["tokenizer"] = str(d / "tokenizer")  # per-run path: not a recipe difference
+        (d / "results.json").write_text(json.dumps(data))
+        runs.append(str(d))
+    assert make_table.main(runs) == 0
+    lines = _table_lines(capsys.readouterr().out)
+    assert lines[14] == "| beit3_large | early [optim.lr=0.0001] | BEiT-3-Large, early (L1-L24) | 56.0 ± 7.1 | 83.7 | -27.7 | 2 |"
+    assert lines[15] == "| beit3_large | early [optim.lr=0.0003] | BEiT-3-Large, early (L1-L24) | 53.0 | 83.7 | -30.7 | 1 |"
