@@ -11,6 +11,7 @@ scripts/eval_refcoco.py or by scripts/eval_pilot.py::
               "sam": "vit_h", "extra_data": "res", "fused_layers": null, "data": ..., "seed": 0,
               "paper_table": "table3", "pilot": false},              # what labels the run's row
      "config": {...}, "checkpoint": "...",
+     "train_config": {...},                                            # evaluation runs: the checkpoint's training config
      "baselines": {"union": {split: {...}}, "empty": {...}},           # optional: text-blind answers
      "by_type": {"model" | "union" | "empty": {type: {...}}}}          # optional: per expression type
 
@@ -160,6 +161,8 @@ def _recipe(run: Run) -> dict[str, str]:
     """The run's training config flattened, without per-run keys; paths inside its run dir made relative."""
     cfg = run.results.get("config")
     if not (isinstance(cfg, dict) and "trainer" in cfg):
+        cfg = run.results.get("train_config")  # an evaluation run: its checkpoint's training config
+    if not (isinstance(cfg, dict) and "trainer" in cfg):
         return {}
     run_dir = str(cfg.get("run_dir") or "\0")
     flat = _flat({k: v for k, v in cfg.items() if k not in _PER_RUN_KEYS})
@@ -284,7 +287,10 @@ def single_split_table(spec: PaperTable, runs: list[Run], metric: str, spread: s
             return []
         if g is None:
             return [DASH] * 3
-        globs = (g.runs[0].results.get("config") or {}).get("trainable", {}).get("params") or []
+        res = g.runs[0].results
+        cfg = res.get("config") if isinstance(res.get("config"), dict) and "trainer" in res["config"] \
+            else res.get("train_config") or {}
+        globs = (cfg.get("trainable") or {}).get("params") or []
         if not globs:
             return [DASH] * 3
         return [_mark(any(fnmatch.fnmatchcase(n, p) for p in globs)) for _, n in TRAINABLE_COLUMNS]

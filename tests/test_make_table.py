@@ -290,3 +290,14 @@ def test_runs_with_another_recipe_are_not_seeds_of_one_row(make_table, tmp_path,
     lines = _table_lines(capsys.readouterr().out)
     assert lines[14] == "| beit3_large | early [optim.lr=0.0001] | BEiT-3-Large, early (L1-L24) | 56.0 ± 7.1 | 83.7 | -27.7 | 2 |"
     assert lines[15] == "| beit3_large | early [optim.lr=0.0003] | BEiT-3-Large, early (L1-L24) | 53.0 | 83.7 | -30.7 | 1 |"
+
+
+def test_eval_runs_with_their_training_config_get_trainable_marks_and_recipe(make_table, tmp_path, capsys):
+    """The fields an evaluation run should carry: "axes" (row label) and "train_config" (recipe, Tab. 4 marks)."""
+    cfg = _train_cfg(trainable="enc_proj", params=("encoder.*", "projector.*"), table="table4")
+    ev = _write(tmp_path / "ev", {"refcoco|unc|testA": _metrics(0.81), "config": {"checkpoint": "/gone"},
+                                  "axes": {"encoder": "beit3_large", "fusion": "early", "trainable": "enc_proj"},
+                                  "train_config": cfg})
+    assert make_table.main(["--table", "table4", str(ev)]) == 0
+    lines = _table_lines(capsys.readouterr().out)
+    assert lines[3] == "| enc_proj | ✓ | ✗ | ✗ | encoder ✓, prompt encoder ✗, mask decoder ✗ | 81.0 | 82.9 | -1.9 |"
