@@ -231,7 +231,22 @@ def _label_cells(axes: dict[str, Any], names: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _mark_other_axes(groups: list[Group], shown: tuple[str, ...]) -> None:
+    """Groups that look the same on the table's axes but differ on another (e.g. fusion in Tab. 2) say how
+    in ``variant``."""
+    buckets: dict[tuple, list[Group]] = {}
+    for g in groups:
+        buckets.setdefault(tuple(str(g.axes.get(a)) for a in shown), []).append(g)
+    for same in buckets.values():
+        others = [a for a in GROUP_AXES if a not in shown and len({str(g.axes.get(a)) for g in same}) > 1]
+        for g in same:
+            extra = [f"{a}={g.axes.get(a)}" for a in others]
+            if extra:
+                g.axes["variant"] = "; ".join(extra + ([g.axes["variant"]] if g.axes.get("variant") else []))
+
+
 def _row_groups(spec: PaperTable, groups: list[Group]) -> tuple[dict[int, list[Group]], list[Group]]:
+    _mark_other_axes(groups, spec.axes)
     matched: dict[int, list[Group]] = {}
     unmatched = []
     for g in groups:
@@ -365,7 +380,8 @@ def multi_split_table(spec: PaperTable, runs: list[Run], metric: str, spread: st
             if g is None:
                 return [prow.label, prow.foundation or DASH, DASH if prow.uses_sam is None else
                         ("yes" if prow.uses_sam else "no"), prow.data or DASH]
-            return [f"ours: {g.axes.get('encoder')} + {g.axes.get('sam')}", str(g.axes.get("encoder")),
+            variant = f" [{g.axes['variant']}]" if g.axes.get("variant") else ""
+            return [f"ours: {g.axes.get('encoder')} + {g.axes.get('sam')}{variant}", str(g.axes.get("encoder")),
                     str(g.axes.get("sam")), str(g.axes.get("data") or DASH)]
         axes = g.axes if g is not None else (prow.axes if prow is not None else {})
         return _label_cells(axes, spec.axes) + [prow.label if prow is not None else "(not a paper row)"]

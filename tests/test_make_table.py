@@ -301,3 +301,15 @@ def test_eval_runs_with_their_training_config_get_trainable_marks_and_recipe(mak
     assert make_table.main(["--table", "table4", str(ev)]) == 0
     lines = _table_lines(capsys.readouterr().out)
     assert lines[3] == "| enc_proj | ✓ | ✗ | ✗ | encoder ✓, prompt encoder ✗, mask decoder ✗ | 81.0 | 82.9 | -1.9 |"
+
+
+def test_rows_that_differ_off_the_tables_axes_say_how(make_table, tmp_path, capsys):
+    """Tab. 2 rows are told apart by encoder + SAM: two fusions of the same pair get their fusion in the label."""
+    scores = {s: 0.5 for s in REFER_SPLITS}
+    a = _train_run(tmp_path, "a", scores, table="table2", fusion="text", mode="text")
+    b = _train_run(tmp_path, "b", scores, table="table2")
+    assert make_table.main([str(a), str(b)]) == 0
+    labels = [ln.split(" | ")[0][2:] for ln in _table_lines(capsys.readouterr().out)[13:]]
+    # an "ours" and a "Δ" line per group
+    assert labels == ["ours: beit3_large + vit_h [fusion=text; feature=text_cls]"] * 2 + \
+        ["ours: beit3_large + vit_h [fusion=early; feature=image_cls]"] * 2
