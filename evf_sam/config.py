@@ -170,7 +170,9 @@ class SyntheticConfig:
     sentences_per_ref: Optional[int] = None
     colours: Optional[List[str]] = None
     shapes: Optional[List[str]] = None
-    difficulty: Optional[str] = None
+    difficulty: Optional[str] = None  # easy | colour_only | hard | grounded
+    expression_types: Optional[List[str]] = None  # "grounded" only: the subset of EXPRESSION_TYPES
+    repeat_colours: Optional[bool] = None  # "grounded" only; False: distinct colours per image
     force: Optional[bool] = None
 
 

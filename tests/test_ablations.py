@@ -329,7 +329,9 @@ def test_every_ablation_table_has_an_experiment():
     """The parametrised tests below run once per file found: a deleted file must fail here, not vanish."""
     from evf_sam.paper_numbers import TABLES
 
-    assert EXPERIMENTS == sorted(TABLES), f"configs/experiment/ has {EXPERIMENTS}; the ablations: {sorted(TABLES)}"
+    # Tab. 2 compares published methods: its one row of ours is the main run (scripts/train.py's defaults)
+    ablations = sorted(t for t in TABLES if t != "table2")
+    assert EXPERIMENTS == ablations, f"configs/experiment/ has {EXPERIMENTS}; the ablations: {ablations}"
 
 
 def _sweep_rows(config_dir: Path, experiment: str, extra: list[str]):
