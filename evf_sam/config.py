@@ -196,6 +196,7 @@ class ReferDataConfig(DataConfig):
 
     root: str = MISSING
     sources: Dict[str, ReferSourceConfig] = MISSING
+    exclude_eval_images: bool = MISSING  # drop training images of RefCOCO-family val/test splits (count logged)
     val: Optional[ReferValConfig] = MISSING
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # semantic-segmentation sources (paper Tab. 6): off unless refer_mix_semantic.yaml sets them

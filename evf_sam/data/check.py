@@ -18,8 +18,8 @@ from evf_sam.data.refer import DATASETS, ReferDataset, refer_dir, refs_path
 
 __all__ = ["DEFAULT_REQUIRED", "check_root", "main"]
 
-# what the paper's training mix and evaluation read
-DEFAULT_REQUIRED: tuple[str, ...] = ("refcoco|unc", "refcoco+|unc", "refcocog|umd", "refclef|unc")
+# what the paper's training mix and evaluation read (RefCLEF is opt-in: --require ... refclef|unc)
+DEFAULT_REQUIRED: tuple[str, ...] = ("refcoco|unc", "refcoco+|unc", "refcocog|umd")
 
 
 def check_root(root: str | Path, required: tuple[str, ...] = DEFAULT_REQUIRED, *, check_images: bool = True,
