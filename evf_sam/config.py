@@ -66,14 +66,15 @@ class ModelConfig:
     sam_checkpoint: Optional[str] = MISSING
     encoder_checkpoint: Optional[str] = MISSING
     init_from: Optional[str] = MISSING
+    random_init: bool = MISSING  # true: a full-size SAM / BEiT-3 without weights trains from random init
     tokenizer: Optional[str] = MISSING
     make_tiny_tokenizer: bool = MISSING
     tiny_vocab_size: int = MISSING
     grad_checkpointing: bool = MISSING
 
 
-MODEL_BUILD_KEYS = ("name", "sam_checkpoint", "encoder_checkpoint", "init_from", "tokenizer", "make_tiny_tokenizer",
-                    "tiny_vocab_size", "grad_checkpointing")
+MODEL_BUILD_KEYS = ("name", "sam_checkpoint", "encoder_checkpoint", "init_from", "random_init", "tokenizer",
+                    "make_tiny_tokenizer", "tiny_vocab_size", "grad_checkpointing")
 
 
 @dataclass

@@ -93,3 +93,25 @@ def test_refclef_files_are_not_required_by_default(tmp_path):
                            "data.sources.refcocog.rate=0", "data.sources.refclef.rate=1").data)
     with pytest.raises(FileNotFoundError, match="refclef"):
         ReferTrainDataset(tmp_path, refer_sources(opted), tokenizer=None, sam_size=16, beit_size=16, max_text_len=8)
+
+
+def test_full_size_model_without_weights_stops_unless_random_init_is_asked_for(tmp_path):
+    from evf_sam.engine.build import build_trainer, check_pretrained_weights
+
+    cfg = _compose("data=random", "model.tokenizer=/w/tok", f"run_dir={tmp_path / 'run'}", "logger=none")
+    with pytest.raises(ValueError) as e:
+        build_trainer(cfg)  # before any directory, data or model
+    msg = str(e.value)
+    assert "model.sam_checkpoint" in msg and "'vit_h'" in msg and "model.encoder_checkpoint" in msg
+    assert "model.random_init=true" in msg and not (tmp_path / "run").exists()
+    # one part given: only the other is named
+    with pytest.raises(ValueError) as e:
+        check_pretrained_weights(typed(_compose("model.tokenizer=/w/tok", "model.sam_checkpoint=/w/sam.pth").model))
+    assert "model.encoder_checkpoint" in str(e.value) and "model.sam_checkpoint" not in str(e.value)
+    check_pretrained_weights(typed(_compose("model.tokenizer=/w/tok", "model.random_init=true").model))  # opted in
+    check_pretrained_weights(typed(_compose("model.tokenizer=/w/tok", "model.sam_checkpoint=/w/s.pth",
+                                                 "model.encoder_checkpoint=/w/b.pth").model))
+    check_pretrained_weights(typed(_compose("model=tiny").model))  # tiny test models are random by design
+    with pytest.raises(ValueError, match="efficient_sam_s"):  # any full-size SAM family
+        check_pretrained_weights(typed(_compose("model.tokenizer=/w/tok", "sam=efficient_sam_s",
+                                                "model.encoder_checkpoint=/w/b.pth").model))
