@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AXIS_KEYS", "axes_from_config", "axes_from_model_config", "read_run_axes"]
+__all__ = ["AXIS_KEYS", "axes_from_config", "axes_from_model_config", "checkpoint_labels", "read_run_axes"]
 
 AXIS_KEYS: tuple[str, ...] = ("encoder", "fusion", "fused_layers", "feature", "trainable", "sam", "extra_data",
                               "data", "seed", "paper_table", "pilot")
@@ -113,3 +113,19 @@ def read_run_axes(results: dict, path: str | Path | None = None) -> tuple[dict[s
             axes, origin = found
             return {**empty, **axes}, origin
     return empty, "none"
+
+
+def checkpoint_labels(ckpt: str | Path) -> dict[str, Any]:
+    """What an evaluation's results.json carries to label its row: ``{"axes": ..., "train_config": ...}``
+    from the training run of ``ckpt`` (``<run_dir>/config_resolved.yaml``), else ``{"axes": ...}`` from
+    the checkpoint's config.json (model axes only), else ``{}``."""
+    ckpt = Path(ckpt)
+    run_cfg = ckpt.parent / "config_resolved.yaml"
+    if run_cfg.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(run_cfg.read_text())
+        if _is_train_config(cfg):
+            return {"axes": axes_from_config(cfg), "train_config": cfg}
+    found = _checkpoint_axes(ckpt)
+    return {"axes": found[0]} if found is not None else {}

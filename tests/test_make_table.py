@@ -313,3 +313,34 @@ def test_rows_that_differ_off_the_tables_axes_say_how(make_table, tmp_path, caps
     # an "ours" and a "Δ" line per group
     assert labels == ["ours: beit3_large + vit_h [fusion=text; feature=text_cls]"] * 2 + \
         ["ours: beit3_large + vit_h [fusion=early; feature=image_cls]"] * 2
+
+
+def test_eval_results_carry_the_axes_and_training_config_of_their_checkpoint(make_table, tmp_path, capsys):
+    """What eval_refcoco.py writes (engine.evaluate.write_results with run_axes.checkpoint_labels): the row's
+    axes and the training config in results.json itself, so the table needs neither the training run nor
+    the checkpoint any more; the markdown row is named by the training run, not "final"."""
+    import shutil
+
+    import yaml
+
+    from evf_sam.engine.evaluate import write_results
+    from evf_sam.run_axes import checkpoint_labels
+
+    testa = "refcoco|unc|testA"
+    run = tmp_path / "table4" / "proj_mask"
+    (run / "final").mkdir(parents=True)
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump(_train_cfg(
+        table="table4", trainable="proj_mask", params=("projector.*", "sam.*mask_decoder.*"))))
+    labels = checkpoint_labels(run / "final")
+    assert labels["axes"]["trainable"] == "proj_mask" and labels["axes"]["paper_table"] == "table4"
+    assert labels["train_config"]["trainable"]["name"] == "proj_mask"
+    assert checkpoint_labels(tmp_path / "nowhere") == {}
+    out = tmp_path / "eval"
+    write_results(out, {testa: _metrics(0.25)}, config={"checkpoint": str(run / "final")},
+                  checkpoint=str(run / "final"), row_name="proj_mask/final", labels=labels)
+    shutil.rmtree(run)  # the labels travel with the results
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["axes"] == labels["axes"] and saved[testa]["ciou"] == 0.25
+    assert make_table.main([str(out)]) == 0  # the table from the axes' paper_table
+    lines = _table_lines(capsys.readouterr().out)
+    assert lines[2] == "| proj_mask | ✗ | ✗ | ✓ | encoder ✗, prompt encoder ✗, mask decoder ✓ | 25.0 | 21.2 | +3.8 |"

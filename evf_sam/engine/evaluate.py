@@ -174,8 +174,11 @@ def format_paper_table(results: dict[str, dict[str, Any]], metric: str = "ciou",
 
 
 def write_results(out_dir: str | Path, results: dict[str, dict[str, Any]], *, config: dict | None = None,
-                  checkpoint: str | None = None, row_name: str = "EVF-SAM") -> dict[str, Path]:
-    """Writes results.json, results.csv and results.md (cIoU + gIoU tables) atomically into ``out_dir``."""
+                  checkpoint: str | None = None, row_name: str = "EVF-SAM",
+                  labels: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Writes results.json, results.csv and results.md (cIoU + gIoU tables) atomically into ``out_dir``.
+
+    labels: extra top-level results.json keys that label the run's row (``run_axes.checkpoint_labels``)."""
     import csv
     import io
     import json
@@ -184,7 +187,7 @@ def write_results(out_dir: str | Path, results: dict[str, dict[str, Any]], *, co
     out.mkdir(parents=True, exist_ok=True)
     # split names at the top level, next to "config" / "checkpoint": the layout scripts/make_table.py
     # and the trainer's results.json use
-    payload = {**results, "config": config, "checkpoint": checkpoint}
+    payload = {**results, "config": config, "checkpoint": checkpoint, **(labels or {})}
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
     atomic_write_text(paths["json"], json.dumps(payload, indent=2) + "\n")
     buf = io.StringIO()
@@ -285,9 +288,12 @@ def run_eval_from_config(cfg) -> dict[str, dict[str, Any]]:
             print(f"{name}: cIoU {100 * m['ciou']:.2f}  gIoU {100 * m['giou']:.2f}{miou}  "
                   f"({m['n_expressions']} expressions, {m['n_images']} images)", flush=True)
     if D.is_main():
-        row = ckpt.name or str(ckpt)
+        from evf_sam.run_axes import checkpoint_labels
+
+        # <run_dir>/final or /best: name the row by its training run, not "final"
+        row = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.name in ("final", "best") else (ckpt.name or str(ckpt))
         paths = write_results(out_dir, results, config=OmegaConf.to_container(cfg, resolve=True),
-                              checkpoint=str(ckpt), row_name=row)
+                              checkpoint=str(ckpt), row_name=row, labels=checkpoint_labels(ckpt))
         print()
         print(paths["md"].read_text(), end="")
         print(f"\nresults: {paths['json']}", flush=True)
