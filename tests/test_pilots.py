@@ -111,3 +111,35 @@ def test_pilot_table1_sweep_eval_and_table_end_to_end(tmp_path, capsys):
     early_row = next(x for x in lines if "| BEiT-3, text + image (early fusion) |" in x)
     assert f"| {ours['text']} | 65.1 |" in text_row and f"| {ours['early']} | 83.7 |" in early_row
     assert any("text-blind baseline: union" in x for x in lines)
+
+
+@pytest.mark.slow
+def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
+    """scripts/pretrain_pilot_encoder.py writes a BEiT-3 .pth + tokenizer; a pilot built with
+    model.encoder_checkpoint / model.tokenizer starts from exactly those weights, whatever its fusion."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from evf_sam.config import typed
+    from evf_sam.engine.build import build_model_and_tokenizer
+
+    data = tmp_path / "data"
+    toy = [f"data.root={data}", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
+           "data.synthetic.image_size=48"]
+    pre = _load("pretrain_pilot_encoder")
+    out = tmp_path / "pt"
+    out.mkdir()
+    s = pre.pretrain(out, ["+experiment=pilot_base", *toy], steps=2, batch_size=2, lr=1e-3, seed=0, log_every=1)
+    assert s["steps"] == 2 and set(s["final"]) == {"mlm", "itm", "mlm_acc", "itm_acc"}
+    saved = torch.load(out / "encoder.pth", weights_only=True)["model"]
+    assert saved and all(k.startswith("beit3.") for k in saved)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=pilot_table3", "+experiment/pilot_table3_rows=text", *toy,
+                                          f"model.encoder_checkpoint={out / 'encoder.pth'}",
+                                          f"model.tokenizer={out / 'tokenizer'}", "model.make_tiny_tokenizer=false",
+                                          f"+model.encoder_overrides.vocab_size={s['vocab_size']}"])
+    model, tok, _ = build_model_and_tokenizer(typed(cfg.model), tmp_path / "run")
+    assert model.encoder.fusion == "text" and len(tok) == s["vocab_size"]
+    mine = model.encoder.state_dict()
+    assert set(mine) == {k[len("beit3."):] for k in saved}
+    assert all(torch.equal(mine[k[len("beit3."):]], v) for k, v in saved.items())
