@@ -68,14 +68,15 @@ class ModelConfig:
     sam_checkpoint: Optional[str] = MISSING
     encoder_checkpoint: Optional[str] = MISSING
     init_from: Optional[str] = MISSING
+    random_init: bool = MISSING  # true: a full-size SAM / BEiT-3 without weights trains from random init
     tokenizer: Optional[str] = MISSING
     make_tiny_tokenizer: bool = MISSING
     tiny_vocab_size: int = MISSING
     grad_checkpointing: bool = MISSING
 
 
-MODEL_BUILD_KEYS = ("name", "sam_checkpoint", "encoder_checkpoint", "init_from", "tokenizer", "make_tiny_tokenizer",
-                    "tiny_vocab_size", "grad_checkpointing")
+MODEL_BUILD_KEYS = ("name", "sam_checkpoint", "encoder_checkpoint", "init_from", "random_init", "tokenizer",
+                    "make_tiny_tokenizer", "tiny_vocab_size", "grad_checkpointing")
 
 
 @dataclass
@@ -173,7 +174,9 @@ class SyntheticConfig:
     sentences_per_ref: Optional[int] = None
     colours: Optional[List[str]] = None
     shapes: Optional[List[str]] = None
-    difficulty: Optional[str] = None
+    difficulty: Optional[str] = None  # easy | colour_only | hard | grounded
+    expression_types: Optional[List[str]] = None  # "grounded" only: the subset of EXPRESSION_TYPES
+    repeat_colours: Optional[bool] = None  # "grounded" only; False: distinct colours per image
     grefcoco: Optional[bool] = None  # also write refer_seg/grefcoco (multi- / no-target expressions)
     force: Optional[bool] = None
 
@@ -200,6 +203,7 @@ class ReferDataConfig(DataConfig):
 
     root: str = MISSING
     sources: Dict[str, ReferSourceConfig] = MISSING
+    exclude_eval_images: bool = MISSING  # drop training images of RefCOCO-family val/test splits (count logged)
     val: Optional[ReferValConfig] = MISSING
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # semantic-segmentation sources (paper Tab. 6): off unless refer_mix_semantic.yaml sets them

@@ -178,7 +178,8 @@ def test_eval_script_torchrun_matches_single_process(env):
 @pytest.mark.slow
 def test_eval_script_ade20k_semantic_split(env):
     """scripts/eval_refcoco.py on ade20k|semantic|val (paper Tab. 6) writes cIoU / gIoU / mIoU that equal the
-    in-process evaluation of the same dataset; a tokenizer without [semantic] gets bare class names."""
+    in-process evaluation of the same dataset; with semantic_prefix=auto a tokenizer without [semantic] gets
+    bare class names."""
     from evf_sam.data.eval_dataset import SemanticEvalDataset
     from evf_sam.data.semantic import build_semantic_reader
     from evf_sam.data.synthetic_semantic import make_tiny_semantic
@@ -188,7 +189,8 @@ def test_eval_script_ade20k_semantic_split(env):
     out = env["tmp"] / "run_sem"
     cmd = [sys.executable, str(REPO / "scripts" / "eval_refcoco.py"), f"checkpoint={env['ckpt']}",
            f"data.root={env['root']}", f"data.semantic_root={sem_root}", f"output_dir={out}", "data.num_workers=0",
-           "progress=false", "splits=[ade20k|semantic|val]", f"hydra.run.dir={env['tmp'] / 'hydra_sem'}"]
+           "progress=false", "splits=[ade20k|semantic|val]", "semantic_prefix=auto",
+           f"hydra.run.dir={env['tmp'] / 'hydra_sem'}"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

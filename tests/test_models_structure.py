@@ -38,7 +38,7 @@ def test_every_sam_variant_is_registered_once_with_its_familys_builder():
 def test_every_encoder_is_registered_once():
     names = registry.encoder_names()
     assert names == (*BEIT3_CONFIGS, *CLIP_PRESETS, *VILT_PRESETS) and len(set(names)) == len(names)
-    assert [encoder_kind(n) for n in names] == ["beit3"] * 3 + ["clip"] * 3 + ["vilt"] * 2
+    assert [encoder_kind(n) for n in names] == ["beit3"] * 3 + ["clip"] * 4 + ["vilt"] * 2
     assert registry.encoder_family_of("clip_huge").fusions == ("text", "late")
     with pytest.raises(ValueError, match="unknown encoder 'gpt'; choose one of beit3_large, .*vilt_tiny"):
         build_prompt_encoder("gpt")

@@ -176,13 +176,19 @@ def test_table7_rows_build_at_toy_size_and_train_the_official_modules():
         cfgs = [compose("train", overrides=["+experiment=table7", f"+experiment/table7_rows={r}",
                                             "weights.sam_vit_h=/w/h.pth", "weights.efficient_sam_s=/w/s.pt",
                                             "weights.efficient_sam_t=/w/t.pt", "weights.sam2_hiera_l=/w/l.pt",
-                                            "weights.beit3_large=/w/bl.pth", "weights.beit3_base=/w/bb.pth"])
+                                            "weights.beit3_large=/w/bl.pth", "weights.beit3_base=/w/bb.pth",
+                                            "weights.tokenizer=/w/tok", "encoder_dirs.clip_large=/w/clip",
+                                            "encoder_dirs.vilt=/w/vilt"])
                 for r in rows]
     seen = set()
     for r, cfg in zip(rows, cfgs):
         assert cfg.model.sam_variant == cfg.sam.variant and cfg.model.encoder == cfg.encoder.name
-        assert str(cfg.model.sam_checkpoint).startswith("/w/") and str(cfg.model.encoder_checkpoint).startswith("/w/")
-        assert paper_row("table7", {"sam": cfg.sam.name, "encoder": cfg.encoder.name}) is not None, r
+        assert str(cfg.model.sam_checkpoint).startswith("/w/")
+        beit3 = cfg.encoder.name.startswith("beit3")  # CLIP / ViLT rows: weights and tokenizer from their dir
+        assert str(cfg.model.encoder_checkpoint if beit3 else cfg.model.encoder_path).startswith("/w/")
+        assert cfg.model.tokenizer == ("/w/tok" if beit3 else cfg.encoder.pretrained)
+        assert paper_row("table7", {"sam": cfg.sam.name, "encoder": cfg.encoder.name,
+                                          "fusion": cfg.fusion.name}) is not None, r
         seen.add((cfg.sam.name, cfg.encoder.name))
         family = sam_family(cfg.model.sam_variant)
         model = build_tiny_model(seed=0, sam_variant=TINY[family]).train()
@@ -194,7 +200,7 @@ def test_table7_rows_build_at_toy_size_and_train_the_official_modules():
         low.float().square().mean().backward()
         assert all(p.grad is None for n, p in model.named_parameters() if n not in names)
         assert model.projector.fc2.weight.grad is not None
-    assert len(seen) == len(rows) == 5
+    assert len(seen) == len(rows) == 7  # the paper's 5 rows + 2 model-zoo rows
 
 
 @pytest.mark.slow

@@ -260,7 +260,7 @@ def test_mix_rates_and_unchanged_refer_samples(mix_roots, tok_dirs):
 # -- evaluation and mIoU -----------------------------------------------------------------------------
 
 def test_eval_items_one_per_image_one_expression_per_class(hand_ade):
-    ds = SemanticEvalDataset(ADE20KReader(hand_ade, "validation"), sam_size=16, beit_size=32)
+    ds = SemanticEvalDataset(ADE20KReader(hand_ade, "validation"), sam_size=16, beit_size=32, ignore_unlabeled=True)
     assert ds.name == "ade20k|semantic|val" and len(ds) == 2 and ds.num_expressions == 3  # all-"other" skipped
     assert ds.num_classes == 150
     it = ds[0]
@@ -314,7 +314,7 @@ def test_evaluate_reports_miou(hand_ade, tok_dirs):
     from evf_sam.engine.evaluate import evaluate
 
     tok = load_tokenizer(tok_dirs[1])
-    ds = SemanticEvalDataset(ADE20KReader(hand_ade, "validation"), sam_size=16, beit_size=32)
+    ds = SemanticEvalDataset(ADE20KReader(hand_ade, "validation"), sam_size=16, beit_size=32, ignore_unlabeled=True)
     gts = [ds[i].gt_masks for i in range(len(ds))]
     perfect = evaluate(_OracleModel(gts), tok, ds, progress=False)
     assert perfect["miou"] == 1.0 and perfect["ciou"] == 1.0 and perfect["n_classes"] == 2
@@ -324,8 +324,8 @@ def test_evaluate_reports_miou(hand_ade, tok_dirs):
     r = evaluate(_OracleModel(everything), tok, ds, progress=False)
     assert r["miou"] == pytest.approx((168 / 192 + 24 / 72) / 2)
     assert r["ciou"] == pytest.approx(192 / 264) and r["giou"] == pytest.approx((48 / 72 + 24 / 72 + 1) / 3)
-    # counting the "other" pixels as false positives (EVF-SAM's ValDataset): U = 120 per expression
-    ds2 = SemanticEvalDataset(ADE20KReader(hand_ade, "validation"), sam_size=16, beit_size=32, ignore_unlabeled=False)
+    # counting the "other" pixels as false positives (EVF-SAM's ValDataset, the default): U = 120 per expression
+    ds2 = SemanticEvalDataset(ADE20KReader(hand_ade, "validation"), sam_size=16, beit_size=32)
     r2 = evaluate(_OracleModel(everything), tok, ds2, progress=False)
     assert r2["miou"] == pytest.approx((168 / 240 + 24 / 120) / 2)
 
@@ -403,8 +403,12 @@ def test_table6_rows_compose():
         data = typed(cfg.data)
         assert [s.name for s in semantic_specs(data)] == names
         assert cfg.data.semantic_root == "/data" and cfg.data.val_semantic.dataset == "ade20k"
-        assert val_semantic_prefix(data) == ("[semantic] " if names else "")  # RES only: bare class names
-        assert uses_semantic_token(data) == bool(names)
-        # the REFER mix is the same in every row (gRefCOCO off, as in the paper's main run)
+        assert val_semantic_prefix(data) == "[semantic] "  # official utils/dataset.py: every row, RES-only too
+        assert cfg.data.val_semantic.ignore_unlabeled is False
+        assert uses_semantic_token(data) == bool(names)  # validation alone does not require the single token
+        old = typed(_compose("+experiment=table6", f"extra_data={row}", "data.root=/data",
+                             "data.val_semantic.prefix=auto").data)
+        assert val_semantic_prefix(old) == ("[semantic] " if names else "")  # the older protocol, opt-in
+        # the REFER mix is the same in every row: RefCOCO/+/g; RefCLEF and gRefCOCO opt-in (the paper's main run)
         assert {k: s.rate for k, s in cfg.data.sources.items()} == {
-            "refcoco": 1.0, "refcoco_plus": 1.0, "refcocog": 1.0, "refclef": 1.0, "grefcoco": 0.0}
+            "refcoco": 1.0, "refcoco_plus": 1.0, "refcocog": 1.0, "refclef": 0.0, "grefcoco": 0.0}

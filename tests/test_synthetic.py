@@ -191,3 +191,197 @@ def test_task_knobs(tmp_path):
         make_synthetic_refer(tmp_path / "x", colours=["red", "green"], max_objects=3)
     with pytest.raises(ValueError, match="difficulty"):
         make_synthetic_refer(tmp_path / "x", difficulty="nightmare")
+
+
+def test_easy_data_is_pinned():
+    """The default ("easy") data, which the quickstart and its learning test train on, stays byte-identical
+    (annotations and refs; hashes taken before the "grounded" mode was added)."""
+    import hashlib
+    import tempfile
+
+    expected = {"refcoco/instances.json": "89022e90be38176a", "refcoco/refs(unc).p": "7f81a817ead67052",
+                "refcoco+/refs(unc).p": "50f0a9cac904ecc1", "refcocog/refs(umd).p": "aac97390b487cb69",
+                "sentences.txt": "6bf24b93cc09a6c8"}
+    with tempfile.TemporaryDirectory() as tmp:
+        make_synthetic_refer(tmp, seed=0, **SMALL)
+        base = refer_dir(tmp)
+        got = {f: hashlib.sha256((base / f).read_bytes()).hexdigest()[:16] for f in expected}
+    assert got == expected
+    # the tokenizer corpus of tests that train on synthetic_sentences() (e.g. test_eval.py)
+    assert hashlib.sha256("\n".join(synthetic_sentences()).encode()).hexdigest()[:16] == "4eed1b9615698e3b"
+
+
+# -- "grounded": expressions that need the image ------------------------------------------------------
+
+_SIDE_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom"}
+_BIG = {"biggest", "bigger", "big", "largest", "larger"}
+_SMALL = {"smallest", "smaller", "small"}
+
+
+def _objects(r: ReferDataset, image_id: int, image: np.ndarray) -> list[dict]:
+    """Every annotated object of the image, measured from its mask and the decoded JPEG."""
+    from evf_sam.data.synthetic import SHAPES
+
+    out = []
+    for a in r.annotations.values():
+        if a["image_id"] != image_id:
+            continue
+        m = r.annotation_mask(a["id"]).astype(bool)
+        ys, xs = np.nonzero(m)
+        inner = image[m].astype(float).mean(0)
+        colour = min(COLOURS, key=lambda c: np.abs(np.array(COLOURS[c]) - inner).sum())
+        out.append({"ann_id": a["id"], "colour": colour, "shape": SHAPES[a["category_id"] - 1],
+                    "x": xs.mean(), "y": ys.mean(), "area": int(m.sum())})
+    return out
+
+
+def _resolve(sent: str, kind: str, objs: list[dict]) -> list[int]:
+    """ann_ids that ``sent`` (of expression type ``kind``) describes, read independently of the generator:
+    filter by the colour / shape words, then take the extreme / second along the named side or size."""
+    from evf_sam.data.synthetic import SHAPES
+
+    words = [w[:-1] if w[:-1] in SHAPES else w for w in sent.replace(",", "").split()]  # "circles" -> "circle"
+    colour = next((w for w in words if w in COLOURS), None)
+    shape = next((w for w in words if w in SHAPES), None)
+    side = next((w for w in words if w in _SIDE_WORDS), None)
+    big = True if set(words) & _BIG else False if set(words) & _SMALL else None
+    pool = [o for o in objs if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)]
+    if kind in ("colour", "shape", "colour+shape"):
+        assert side is None and big is None, sent
+        return [o["ann_id"] for o in pool]
+    if kind in ("position", "colour+position", "shape+position", "ordinal"):
+        key = {"left": lambda o: o["x"], "right": lambda o: -o["x"], "top": lambda o: o["y"],
+               "bottom": lambda o: -o["y"]}[side]
+        ranked = sorted(pool, key=key)
+        return [ranked[1 if kind == "ordinal" else 0]["ann_id"]]
+    assert kind in ("size", "colour+size") and big is not None, sent
+    return [max(pool, key=lambda o: o["area"] if big else -o["area"])["ann_id"]]
+
+
+@pytest.fixture(scope="module")
+def grounded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grounded")
+    stats = make_synthetic_refer(root, seed=0, num_train=40, num_val=6, num_test=6, image_size=96,
+                                 difficulty="grounded")
+    return root, stats
+
+
+def test_grounded_expressions_single_out_their_object(grounded):
+    """Each sentence, resolved from the pixels and masks alone, names exactly its ref's object; colours
+    repeat within images; every expression type occurs, and the ones that need the colour do not
+    pretend it is unique."""
+    from collections import Counter
+
+    from evf_sam.data.synthetic import EXPRESSION_TYPES, GROUNDED_COLOURS, grounded_sentences
+
+    root, _ = grounded
+    vocab = set(grounded_sentences())
+    repeated = 0
+    for dataset, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):
+        r = ReferDataset(root, dataset, split_by)
+        kinds = Counter()
+        images = {}
+        for ref in r.refs:
+            if ref["image_id"] not in images:
+                pixels = np.asarray(Image.open(r.image_path(ref["image_id"], must_exist=True)).convert("RGB"))
+                images[ref["image_id"]] = _objects(r, ref["image_id"], pixels)
+            objs = images[ref["image_id"]]
+            target = next(o for o in objs if o["ann_id"] == ref["ann_id"])
+            assert ref["sentences"] and len({s["sent"] for s in ref["sentences"]}) == len(ref["sentences"])
+            for s in ref["sentences"]:
+                kind = s["type"]
+                kinds[kind] += 1
+                assert kind in EXPRESSION_TYPES and s["sent"] in vocab
+                assert _resolve(s["sent"], kind, objs) == [ref["ann_id"]], (dataset, s["sent"], kind, objs)
+                same_colour = sum(o["colour"] == target["colour"] for o in objs)
+                same_shape = sum(o["shape"] == target["shape"] for o in objs)
+                if kind in ("colour+shape", "colour+position", "colour+size"):
+                    assert same_colour > 1, s["sent"]
+                if kind in ("colour+shape", "shape+position"):
+                    assert same_shape > 1, s["sent"]
+        for objs in images.values():
+            assert {o["colour"] for o in objs} <= set(GROUNDED_COLOURS) and 2 <= len(objs) <= 4
+            repeated += len({o["colour"] for o in objs}) < len(objs)
+        located = {"position", "ordinal", "colour+position", "shape+position"}
+        if dataset == "refcoco+":  # no location words, like RefCOCO+
+            assert not located & set(kinds) and set(kinds) == set(EXPRESSION_TYPES) - located
+        else:
+            assert set(kinds) == set(EXPRESSION_TYPES), (dataset, kinds)
+    assert repeated > 40  # of 3 x 52 images: colours repeat in most
+
+
+def test_grounded_is_deterministic_and_its_vocabulary_is_separate(grounded, tmp_path):
+    from evf_sam.data.synthetic import grounded_sentences
+
+    root, _ = grounded
+    make_synthetic_refer(tmp_path, seed=0, num_train=40, num_val=6, num_test=6, image_size=96, difficulty="grounded")
+    assert _files(tmp_path) == _files(root)
+    written = {s for s in (refer_dir(root) / "sentences.txt").read_text().split("\n") if s}
+    assert written <= set(grounded_sentences()) <= set(synthetic_sentences(("grounded",)))
+    with pytest.raises(ValueError, match="difficulty"):
+        synthetic_sentences(("nightmare",))
+    with pytest.raises(ValueError, match="max_objects"):
+        make_synthetic_refer(tmp_path / "x", difficulty="grounded", max_objects=7)
+
+
+def test_type_scores_per_expression_type(grounded, tmp_path):
+    """Predictions that are right exactly on the colour sentences: cIoU 1 there, 0 elsewhere; the union
+    baseline over all types equals evf_sam.engine.baselines.trivial_baselines."""
+    from evf_sam.engine.baselines import trivial_baselines
+    from evf_sam.type_scores import ALL, merge_scores, type_scores
+
+    root, _ = grounded
+    r = ReferDataset(root, "refcoco", "unc")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for ref in r.split_refs("val"):
+        gt = r.annotation_mask(ref["ann_id"]).astype(np.uint8) * 255
+        for s in ref["sentences"]:
+            pred = gt if s["type"] == "colour" else np.zeros_like(gt)
+            Image.fromarray(pred).save(masks / f"{ref['image_id']:012d}_{ref['ref_id']}_{s['sent_id']}.png")
+    scores = type_scores(root, "refcoco", "unc", "val", masks_dir=masks)
+    model = {t: m.compute() for t, m in scores["model"].items()}
+    assert model["colour"]["ciou"] == 1.0 and model["colour"]["n_expressions"] > 0
+    assert all(m["ciou"] == 0.0 for t, m in model.items() if t not in ("colour", ALL))
+    n = sum(len(ref["sentences"]) for ref in r.split_refs("val"))
+    assert model[ALL]["n_expressions"] == n == sum(m["n_expressions"] for t, m in model.items() if t != ALL)
+    assert 0 < model[ALL]["ciou"] < 1
+    ref = trivial_baselines(root, "refcoco", "unc", "val")
+    assert scores["union"][ALL].compute() == ref["union"] and scores["empty"][ALL].compute() == ref["empty"]
+    both = merge_scores([scores, scores])
+    assert both["union"]["colour"].compute()["n_expressions"] == 2 * scores["union"]["colour"].compute()["n_expressions"]
+    assert both["union"]["colour"].compute()["ciou"] == pytest.approx(scores["union"]["colour"].compute()["ciou"])
+    next(masks.iterdir()).unlink()
+    with pytest.raises(FileNotFoundError, match="save_masks_dir"):
+        type_scores(root, "refcoco", "unc", "val", masks_dir=masks)
+
+
+def test_grounded_knobs_distinct_colours_and_a_subset_of_types(tmp_path):
+    """repeat_colours=False + colour-free types: the colour that would single the object out is never named;
+    every sentence still resolves to its object from pixels and masks."""
+    from evf_sam.data.synthetic import EXPRESSION_TYPES
+
+    kinds = ("shape", "position", "ordinal", "size")
+    make_synthetic_refer(tmp_path, seed=2, num_train=30, num_val=4, num_test=4, image_size=96, difficulty="grounded",
+                         repeat_colours=False, expression_types=kinds)
+    seen = set()
+    for dataset, split_by in (("refcoco", "unc"), ("refcocog", "umd")):
+        r = ReferDataset(tmp_path, dataset, split_by)
+        for ref in r.refs:
+            pixels = np.asarray(Image.open(r.image_path(ref["image_id"])).convert("RGB"))
+            objs = _objects(r, ref["image_id"], pixels)
+            assert len({o["colour"] for o in objs}) == len(objs)
+            for s in ref["sentences"]:
+                seen.add(s["type"])
+                assert not set(s["sent"].split()) & set(COLOURS), s["sent"]
+                assert _resolve(s["sent"], s["type"], objs) == [ref["ann_id"]], (s["sent"], objs)
+    assert seen == set(kinds)
+    with pytest.raises(ValueError, match="expression_types"):
+        make_synthetic_refer(tmp_path / "x", difficulty="grounded", expression_types=["colour", "relation"])
+    with pytest.raises(ValueError, match="grounded"):
+        make_synthetic_refer(tmp_path / "x", expression_types=list(EXPRESSION_TYPES))
+    with pytest.raises(ValueError, match="repeat_colours"):
+        make_synthetic_refer(tmp_path / "x", repeat_colours=False)
+    with pytest.raises(ValueError, match="max_objects"):
+        make_synthetic_refer(tmp_path / "x", difficulty="grounded", repeat_colours=False, colours=["red", "blue"],
+                             max_objects=3)

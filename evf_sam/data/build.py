@@ -9,8 +9,8 @@
 sources, paper Tab. 6) or ``random`` (random tensors, no files). The semantic-data rules live here:
 which sources train (rate > 0), where they are (``semantic_sources.<name>.root``, else
 ``semantic_root``, else ``root``), and which prefix their expressions carry, in training and in
-validation (``val_semantic.prefix: auto``: the training prefix if semantic data is trained on, else the
-bare class name).
+validation (default ``"[semantic] "`` for every run, as official utils/dataset.py; ``val_semantic.prefix:
+auto``, the older protocol: the training prefix if semantic data is trained on, else the bare class name).
 """
 
 from __future__ import annotations
@@ -142,13 +142,14 @@ def val_semantic_prefix(data: ReferDataConfig) -> str:
 
 
 def uses_semantic_token(data: DataConfig) -> bool:
-    """Whether training or validation expressions contain the ``[semantic]`` token."""
+    """Whether training expressions contain the ``[semantic]`` token (the tokenizer must then have it)."""
     from evf_sam.tokenizer import SEMANTIC_TOKEN
 
     if data.kind != "refer":
         return False
-    train = bool(semantic_specs(data)) and SEMANTIC_TOKEN in semantic_prefix(data)
-    return train or (data.val_semantic is not None and SEMANTIC_TOKEN in val_semantic_prefix(data))
+    # Validation alone does not need it: official utils/dataset.py asks every model, RES-only ones
+    # whose tokenizer lacks the token included, with "[semantic] <class>" (then ordinary pieces).
+    return bool(semantic_specs(data)) and SEMANTIC_TOKEN in semantic_prefix(data)
 
 
 def semantic_readers(data: ReferDataConfig, *, val: bool = True) -> dict[str, Any]:
@@ -207,8 +208,11 @@ def build_train_dataset(data: DataConfig, model, tokenizer, *, seed: int, with_s
                                         classes_per_image=data.classes_per_image, prefix=semantic_prefix(data),
                                         resize_mode=model.resize_mode)
                     for spec in specs]
+    from evf_sam.data.train_dataset import EXCLUDE_SPLITS
+
     return ReferTrainDataset(data.root, refer_sources(data), encoder=encoder, semantic_sources=semantic,
-                             resize_mode=model.resize_mode, **common)
+                             resize_mode=model.resize_mode,
+                             exclude_splits=EXCLUDE_SPLITS if data.exclude_eval_images else (), **common)
 
 
 def build_val_splits(data: DataConfig, model, tokenizer, *, seed: int) -> list[ValidationSplit]:

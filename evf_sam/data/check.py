@@ -27,8 +27,8 @@ from evf_sam.data.refer import DATASETS, ReferDataset, refer_dir, refs_path
 
 __all__ = ["DEFAULT_REQUIRED", "REQUIRED_SPLITS", "check_root", "image_problem", "main"]
 
-# what the paper's training mix and evaluation read
-DEFAULT_REQUIRED: tuple[str, ...] = ("refcoco|unc", "refcoco+|unc", "refcocog|umd", "refclef|unc")
+# what the paper's training mix and evaluation read (RefCLEF is opt-in: --require ... refclef|unc)
+DEFAULT_REQUIRED: tuple[str, ...] = ("refcoco|unc", "refcoco+|unc", "refcocog|umd")
 # the splits of a required dataset that training (train) and the paper's evaluation (the rest) read
 REQUIRED_SPLITS: dict[str, tuple[str, ...]] = {
     "refcoco|unc": ("train", "val", "testA", "testB"),

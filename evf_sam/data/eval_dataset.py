@@ -160,7 +160,7 @@ class SemanticEvalDataset(ImageEntriesDataset):
     """
 
     def __init__(self, reader: SemanticReader, *, sam_size: int = 1024, beit_size: int = 224,
-                 max_images: int | None = None, prefix: str = SEMANTIC_PREFIX, ignore_unlabeled: bool = True,
+                 max_images: int | None = None, prefix: str = SEMANTIC_PREFIX, ignore_unlabeled: bool = False,
                  resize_mode: str = "pad"):
         self.reader = reader
         self.sam_size, self.beit_size, self.prefix = int(sam_size), int(beit_size), prefix

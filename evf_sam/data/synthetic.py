@@ -10,6 +10,14 @@ Every expression names its object's colour ("red", "the red circle", "the red on
 along as extra tokens. Because the colour is unique within an image, a model that segments the
 union of all shapes scores poorly: grounding is required.
 
+``difficulty="grounded"`` (configs/data/synthetic_grounded.yaml) makes the text need the image:
+colours repeat within an image (4 colours, `GROUNDED_COLOURS`; radius image_size/11 .. /5.5), and each
+object is referred to by whatever singles it out there: its colour or shape when unique, the pair,
+its position ("the shape on the left"), ordinal ("the second shape from the right"), size ("the
+biggest shape"), or an attribute plus position / size ("the red one on the left", "the left circle",
+"the bigger red shape"). Every sentence dict carries ``"type"`` (`EXPRESSION_TYPES`), an extra key
+the REFER reader passes through, so results can be broken down per type (evf_sam.type_scores).
+
 Written (same images shared by all three datasets, as COCO's are)::
 
     <root>/refer_seg/images/mscoco/images/train2014/COCO_train2014_%012d.jpg   (JPEG, quality 95)
@@ -51,7 +59,8 @@ import numpy as np
 
 from evf_sam.data.refer import IMAGE_DIRS, atomic_write_bytes, refer_dir, write_refer
 
-__all__ = ["COLOURS", "DIFFICULTIES", "GREF_IMAGE_ID0", "SHAPES", "make_synthetic_refer",
+__all__ = ["COLOURS", "DIFFICULTIES", "EXPRESSION_TYPES", "GREF_IMAGE_ID0", "GROUNDED_COLOURS", "SHAPES",
+           "expression_types", "grounded_candidates", "grounded_sentences", "make_synthetic_refer",
            "synthetic_grefcoco_sentences", "synthetic_sentences", "MANIFEST", "main"]
 
 MANIFEST = "_SYNTHETIC_DONE.json"
@@ -72,7 +81,7 @@ _WHERE = {"left": "on the left", "right": "on the right", "top": "at the top", "
 
 # -- expressions ------------------------------------------------------------------------------------
 
-DIFFICULTIES = ("easy", "hard", "colour_only")
+DIFFICULTIES = ("easy", "hard", "colour_only", "grounded")
 
 
 def _expressions(colour: str, shape: str, where: str, size: str | None, style: str,
@@ -123,17 +132,24 @@ def _colour_expressions(colour: str, shape: str, where: str, size: str | None, s
     return out
 
 
-def synthetic_sentences() -> list[str]:
-    """Every sentence the generator can produce with any knobs (sorted, de-duplicated): tokenizer
-    training text."""
+def synthetic_sentences(difficulties: Sequence[str] = ("easy", "hard", "colour_only")) -> list[str]:
+    """Every sentence the generator can produce for ``difficulties`` with any other knobs (sorted,
+    de-duplicated): tokenizer training text. The default leaves "grounded" out, so this list (and a
+    tokenizer trained on it) is what it was before that mode existed."""
     out = set()
+    for d in difficulties:
+        if d not in DIFFICULTIES:
+            raise ValueError(f"difficulty must be one of {list(DIFFICULTIES)}, got {d!r}")
+    if "grounded" in difficulties:
+        out.update(grounded_sentences())
     for c in COLOURS:
         for s in SHAPES:
             for w in _WHERE:
                 for z in ("big", "small", None):
                     for style in ("unc", "plus", "umd"):
-                        for d in DIFFICULTIES:
-                            out.update(_expressions(c, s, w, z, style, d, unique_shape=True))
+                        for d in difficulties:
+                            if d != "grounded":
+                                out.update(_expressions(c, s, w, z, style, d, unique_shape=True))
     return sorted(out)
 
 
@@ -205,6 +221,213 @@ def synthetic_grefcoco_sentences() -> list[str]:
         for sh in _NEVER_SHAPES:
             out.add(f"the {c} {sh}")
     return sorted(out)
+
+
+# -- "grounded": expressions that need the image ------------------------------------------------------
+#
+# Colours repeat within an image (drawn with replacement), so a colour word singles an object out only
+# when that colour happens to be unique there. Each expression is built from what identifies its
+# object *in this image* and tagged with the kind of evidence it needs (`EXPRESSION_TYPES`), so
+# results can be broken down per type.
+
+GROUNDED_COLOURS: tuple[str, ...] = ("red", "yellow", "green", "blue")
+EXPRESSION_TYPES: tuple[str, ...] = (
+    "colour",           # "the red one": its colour is unique in the image
+    "shape",            # "the circle": its shape is unique
+    "colour+shape",     # "the red circle": neither alone is unique, the pair is
+    "position",         # "the shape on the left": extreme position among all objects
+    "ordinal",          # "the second shape from the right": counting along x (3+ objects)
+    "size",             # "the biggest shape": extreme area among all objects
+    "colour+position",  # "the red one on the left": extreme position among the objects of its colour
+    "shape+position",   # "the left circle": extreme position among the objects of its shape
+    "colour+size",      # "the bigger red shape": extreme area among the objects of its colour
+)
+_POSITION_MARGIN = 0.08  # an extreme object leads the runner-up by >= this fraction of the image side
+_SIZE_RATIO = 1.4  # "biggest" / "smallest": area ratio to the runner-up
+# side -> (phrase, adjective, RefCOCOg phrase)
+_SIDES = {"left": ("on the left", "left", "furthest to the left"),
+          "right": ("on the right", "right", "furthest to the right"),
+          "top": ("at the top", "top", "closest to the top"),
+          "bottom": ("at the bottom", "bottom", "closest to the bottom")}
+
+
+def _grounded_templates(kind: str, style: str, *, c: str = "", s: str = "", side: str = "",
+                        big: bool = True) -> list[str]:
+    """Sentences of one expression type. style "unc" / "plus" / "umd" as in `_expressions`; the
+    RefCOCO+ style has no position or ordinal words (the caller does not ask for them)."""
+    ph, adj, far = _SIDES.get(side, ("", "", ""))
+    most, more = ("biggest", "bigger") if big else ("smallest", "smaller")
+    if style == "umd":
+        return {
+            "colour": [f"the shape that is {c}", f"a {c} coloured shape"],
+            "shape": [f"the shape that is a {s}", f"a {s} in the picture"],
+            "colour+shape": [f"the {c} coloured {s}", f"a {s} that is {c}"],
+            "position": [f"the shape that is {far}", f"the shape {ph} of the picture"],
+            "ordinal": [f"the second shape counting from the {side}", f"the shape that is second from the {side}"],
+            "size": [f"the {most} shape in the picture", f"the shape that is {more} than all others"],
+            "colour+position": [f"the {c} shape that is {far}", f"of the {c} shapes, the one {ph}"],
+            "shape+position": [f"the {s} that is {far}", f"of the {s}s, the one {ph}"],
+            "colour+size": [f"the {more} of the {c} shapes", f"the {c} shape that is {more}"],
+        }[kind]
+    small = "big" if big else "small"
+    return {
+        "colour": [c, f"the {c} one", f"the {c} shape"],
+        "shape": [s, f"the {s}"],
+        "colour+shape": [f"the {c} {s}", f"{c} {s}"],
+        "position": [f"the shape {ph}", f"the {adj} one", adj],
+        "ordinal": [f"the second shape from the {side}", f"second from {side}"],
+        "size": [f"the {most} shape", f"the {small} one", most],
+        "colour+position": [f"the {c} one {ph}", f"the {adj} {c} shape", f"{adj} {c}"],
+        "shape+position": [f"the {s} {ph}", f"the {adj} {s}", f"{adj} {s}"],
+        "colour+size": [f"the {more} {c} shape", f"the {small} {c} one"],
+    }[kind]
+
+
+def _extreme_side(objs: list[dict], i: int, group: list[int], width: int, height: int) -> list[str]:
+    """Sides ("left", "right", "top", "bottom") on which object ``i`` is the extreme of ``group``
+    (indices into ``objs``, including ``i``) by at least the position margin."""
+    others = [objs[j] for j in group if j != i]
+    if not others:
+        return []
+    o, mx, my = objs[i], _POSITION_MARGIN * width, _POSITION_MARGIN * height
+    out = []
+    if min(p["cx"] for p in others) - o["cx"] >= mx:
+        out.append("left")
+    if o["cx"] - max(p["cx"] for p in others) >= mx:
+        out.append("right")
+    if min(p["cy"] for p in others) - o["cy"] >= my:
+        out.append("top")
+    if o["cy"] - max(p["cy"] for p in others) >= my:
+        out.append("bottom")
+    return out
+
+
+def _extreme_size(objs: list[dict], i: int, group: list[int]) -> list[bool]:
+    """[True] if object ``i`` is the biggest of ``group`` by `_SIZE_RATIO`, [False] if the smallest."""
+    others = [objs[j]["area"] for j in group if j != i]
+    if not others:
+        return []
+    a = objs[i]["area"]
+    return [True] if a >= _SIZE_RATIO * max(others) else [False] if min(others) >= _SIZE_RATIO * a else []
+
+
+def _ordinal_sides(objs: list[dict], i: int, width: int) -> list[str]:
+    """"left" if object ``i`` is second from the left along x (>= 3 objects, both neighbours at least
+    the position margin away), "right" if second from the right."""
+    if len(objs) < 3:
+        return []
+    order = sorted(range(len(objs)), key=lambda j: objs[j]["cx"])
+    xs = [objs[j]["cx"] for j in order]
+    gaps_ok = [xs[k + 1] - xs[k] >= _POSITION_MARGIN * width for k in range(len(xs) - 1)]
+    k = order.index(i)
+    out = []
+    if k == 1 and gaps_ok[0] and gaps_ok[1]:
+        out.append("left")
+    if k == len(objs) - 2 and gaps_ok[k - 1] and gaps_ok[k]:
+        out.append("right")
+    return out
+
+
+def grounded_candidates(objs: list[dict], i: int, style: str, width: int, height: int) -> dict[str, list[str]]:
+    """Expression type -> sentences that identify object ``i`` among ``objs`` (dicts with colour,
+    shape, cx, cy, area) and no other object of the image. Types without a sentence are absent."""
+    o = objs[i]
+    c, s = o["colour"], o["shape"]
+    same_c = [j for j, p in enumerate(objs) if p["colour"] == c]
+    same_s = [j for j, p in enumerate(objs) if p["shape"] == s]
+    pair_unique = sum(p["colour"] == c and p["shape"] == s for p in objs) == 1
+    located = style != "plus"  # RefCOCO+ has no location words
+    out: dict[str, list[str]] = {}
+
+    def add(kind: str, **kw) -> None:
+        out.setdefault(kind, []).extend(_grounded_templates(kind, style, c=c, s=s, **kw))
+
+    if len(same_c) == 1:
+        add("colour")
+    if len(same_s) == 1:
+        add("shape")
+    if len(same_c) > 1 and len(same_s) > 1 and pair_unique:
+        add("colour+shape")
+    every = list(range(len(objs)))
+    for big in _extreme_size(objs, i, every):
+        add("size", big=big)
+    if len(same_c) > 1:
+        for big in _extreme_size(objs, i, same_c):
+            add("colour+size", big=big)
+    if located:
+        for side in _extreme_side(objs, i, every, width, height):
+            add("position", side=side)
+        for side in _ordinal_sides(objs, i, width):
+            add("ordinal", side=side)
+        if len(same_c) > 1:
+            for side in _extreme_side(objs, i, same_c, width, height):
+                add("colour+position", side=side)
+        if len(same_s) > 1:
+            for side in _extreme_side(objs, i, same_s, width, height):
+                add("shape+position", side=side)
+    return out
+
+
+def _pick_grounded(rng: np.random.Generator, cands: dict[str, list[str]], k: int) -> list[tuple[str, str]]:
+    """Up to ``k`` (sentence, type) pairs, spread over the available types (round robin in a random
+    type order, a random sentence of each)."""
+    types = [t for t in EXPRESSION_TYPES if cands.get(t)]
+    order = [types[j] for j in rng.permutation(len(types))]
+    pools = {t: [cands[t][j] for j in rng.permutation(len(cands[t]))] for t in order}
+    out: list[tuple[str, str]] = []
+    while len(out) < k and any(pools.values()):
+        for t in order:
+            if pools[t] and len(out) < k:
+                out.append((pools[t].pop(), t))
+    return out
+
+
+def grounded_sentences() -> list[str]:
+    """Every sentence the "grounded" mode can produce (sorted, de-duplicated)."""
+    out = set()
+    for style in ("unc", "umd"):
+        for kind in EXPRESSION_TYPES:
+            for c in COLOURS:
+                for s in SHAPES:
+                    for side in _SIDES:
+                        for big in (True, False):
+                            out.update(_grounded_templates(kind, style, c=c, s=s, side=side, big=big))
+    return sorted(out)
+
+
+def _grounded_scene(rng: np.random.Generator, image_size: int, min_objects: int, max_objects: int,
+                    colour_names: tuple[str, ...], shapes: tuple[str, ...],
+                    repeat_colours: bool = True) -> tuple[int, int, list]:
+    """Like `_scene`, but colours are drawn with replacement (unless ``repeat_colours`` is False) and
+    sizes vary more (radius image_size/11 .. image_size/5.5), so colour, shape, position and size all
+    matter."""
+    w = image_size
+    h = image_size if rng.random() < 0.5 else int(round(image_size * 0.75))
+    n = int(rng.integers(min_objects, max_objects + 1))
+    r_lo, r_hi = image_size / 11, image_size / 5.5
+    distinct = None if repeat_colours else [str(c) for c in rng.choice(list(colour_names), size=n, replace=False)]
+    objs: list[tuple[str, str, float, float, float]] = []
+    for k in range(n):
+        if distinct is None:
+            colour, shape = str(rng.choice(list(colour_names))), str(rng.choice(list(shapes)))
+        else:
+            colour, shape = distinct[k], str(rng.choice(list(shapes)))
+        for _ in range(100):
+            r = float(rng.uniform(r_lo, r_hi))
+            cx = float(rng.uniform(r + 1, w - r - 2))
+            cy = float(rng.uniform(r + 1, h - r - 2))
+            if all(math.hypot(cx - ox, cy - oy) > r + orad + 2 for _, _, ox, oy, orad in objs):
+                objs.append((colour, shape, cx, cy, r))
+                break
+    if len(objs) < 2:
+        raise RuntimeError(f"could not place 2 shapes in a {w}x{h} image")
+    return h, w, objs
+
+
+def expression_types(refs: list[dict]) -> dict[int, str]:
+    """sent_id -> expression type for refs written by the "grounded" mode (each sentence dict carries
+    a ``"type"`` from `EXPRESSION_TYPES`; sentences without one are left out)."""
+    return {int(s["sent_id"]): str(s["type"]) for r in refs for s in r["sentences"] if "type" in s}
 
 
 # -- scenes -----------------------------------------------------------------------------------------
@@ -396,6 +619,7 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
                          num_test: int = 100, image_size: int = 128, min_objects: int = 2, max_objects: int = 4,
                          sentences_per_ref: int = 3, colours: Sequence[str] | None = None,
                          shapes: Sequence[str] | None = None, difficulty: str = "easy",
+                         expression_types: Sequence[str] | None = None, repeat_colours: bool = True,
                          grefcoco: bool = False, force: bool = False) -> dict[str, Any]:
     """Writes (or reuses) the synthetic REFER datasets under ``<root>/refer_seg``; returns stats.
 
@@ -403,15 +627,24 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
     default all; each image uses distinct ones), ``shapes`` (a subset of `SHAPES`), ``difficulty``
     ("easy": every expression names the colour; "colour_only": only "red" / "the red one" / "the
     red circle"; "hard": adds colour-free expressions that still identify the object, see
-    `_expressions`), ``sentences_per_ref``, ``image_size``. ``grefcoco``: also write the gRefCOCO
-    look-alike (module docstring; same split sizes, its own scenes and images).
+    `_expressions`; "grounded": colours repeat within an image (default palette `GROUNDED_COLOURS`)
+    and each object is referred to by what singles it out there, colour, shape, position, ordinal,
+    size or a combination, each sentence dict tagged with its ``"type"`` (`EXPRESSION_TYPES`); an
+    object that nothing singles out in a dataset's style has no ref there), ``expression_types``
+    ("grounded" only: the subset of `EXPRESSION_TYPES` to write, default all), ``repeat_colours``
+    ("grounded" only; False: distinct colours per image, e.g. with expression_types shape / position /
+    ordinal / size, expressions that never name the colour that would single the object out),
+    ``sentences_per_ref``, ``image_size``. ``grefcoco``: also write the gRefCOCO look-alike (module
+    docstring; same split sizes, its own scenes and images).
 
     Images 0..num_train-1 are train, then num_val val, then num_test test images (unc: first half
     testA, second half testB; umd: test); the same image has the same split in every dataset.
     Returns {"root", "images", "objects", "reused", "datasets": {"refcoco|unc": {split: {"refs",
     "sentences", "images"}}}}.
     """
-    colour_names = tuple(COLOURS) if colours is None else tuple(str(c) for c in colours)
+    grounded = difficulty == "grounded"
+    default_colours = GROUNDED_COLOURS if grounded else tuple(COLOURS)
+    colour_names = default_colours if colours is None else tuple(str(c) for c in colours)
     shape_names = SHAPES if shapes is None else tuple(str(s) for s in shapes)
     if not colour_names or set(colour_names) - set(COLOURS) or len(set(colour_names)) != len(colour_names):
         raise ValueError(f"colours must be distinct names from {list(COLOURS)}, got {list(colour_names)}")
@@ -419,7 +652,20 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
         raise ValueError(f"shapes must be distinct names from {list(SHAPES)}, got {list(shape_names)}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {list(DIFFICULTIES)}, got {difficulty!r}")
-    if not 2 <= min_objects <= max_objects <= len(colour_names):
+    if expression_types is not None:
+        expression_types = tuple(str(t) for t in expression_types)
+        if not grounded:
+            raise ValueError("expression_types applies to difficulty='grounded' only")
+        if not expression_types or set(expression_types) - set(EXPRESSION_TYPES):
+            raise ValueError(f"expression_types must be a non-empty subset of {list(EXPRESSION_TYPES)}, "
+                             f"got {list(expression_types)}")
+    if grounded:
+        hi = 6 if repeat_colours else min(6, len(colour_names))
+        if not 2 <= min_objects <= max_objects <= hi:
+            raise ValueError(f"need 2 <= min_objects <= max_objects <= {hi}, got {min_objects}, {max_objects}")
+    elif not repeat_colours:
+        raise ValueError("repeat_colours=False applies to difficulty='grounded' only (the others never repeat)")
+    elif not 2 <= min_objects <= max_objects <= len(colour_names):
         raise ValueError(f"need 2 <= min_objects <= max_objects <= {len(colour_names)} (distinct colours per "
                          f"image), got {min_objects}, {max_objects}")
     if min(num_train, num_val, num_test) < 0 or num_train + num_val + num_test == 0:
@@ -436,6 +682,10 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
         params.update(colours=list(colour_names), shapes=list(shape_names), difficulty=difficulty)
     if grefcoco:  # off keeps older manifests valid
         params.update(grefcoco=True)
+    if expression_types is not None:
+        params.update(expression_types=[t for t in EXPRESSION_TYPES if t in expression_types])
+    if not repeat_colours:
+        params.update(repeat_colours=False)
     base = refer_dir(root)
     if not force:
         stats = _is_done(base, params)
@@ -458,12 +708,17 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
 
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     images, annotations = [], []
-    objects_per_image: list[list[dict]] = []  # per image: {ann_id, colour, shape, where, size}
+    objects_per_image: list[list[dict]] = []  # per image: {ann_id, colour, shape, where, size, cx, cy, area}
+    sizes: list[tuple[int, int]] = []  # per image: (width, height)
     n_total = num_train + num_val + num_test
     ann_id = 1
     for idx in range(n_total):
         rng = np.random.default_rng([int(seed), idx])
-        h, w, objs = _scene(rng, image_size, min_objects, max_objects, colour_names, shape_names)
+        if grounded:
+            h, w, objs = _grounded_scene(rng, image_size, min_objects, max_objects, colour_names, shape_names,
+                                         repeat_colours)
+        else:
+            h, w, objs = _scene(rng, image_size, min_objects, max_objects, colour_names, shape_names)
         image_id = idx + 1
         canvas = np.empty((h, w, 3), np.uint8)
         canvas[:] = _BACKGROUND
@@ -479,6 +734,7 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
         Image.fromarray(canvas).save(buf, format="JPEG", quality=95)
         (img_dir / file_name).write_bytes(buf.getvalue())
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+        sizes.append((w, h))
         areas = [int(m.sum()) for m in masks]
         rel = _relations(objs, areas)
         info = []
@@ -489,7 +745,8 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
             annotations.append({"id": ann_id, "image_id": image_id, "category_id": SHAPES.index(shape) + 1,
                                 "segmentation": _segmentation(m, poly, kind), "bbox": bbox, "area": areas[k],
                                 "iscrowd": int(kind == 2)})
-            info.append({"ann_id": ann_id, "colour": colour, "shape": shape, "where": rel[k][0], "size": rel[k][1]})
+            info.append({"ann_id": ann_id, "colour": colour, "shape": shape, "where": rel[k][0], "size": rel[k][1],
+                         "cx": cx, "cy": cy, "area": areas[k]})
             ann_id += 1
         objects_per_image.append(info)
 
@@ -504,16 +761,29 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
             rng = np.random.default_rng([int(seed), idx, 1000 + d_index])
             image_id = idx + 1
             st = per_split.setdefault(split, {"refs": 0, "sentences": 0, "images": set()})
-            for o in info:
-                unique = sum(x["shape"] == o["shape"] for x in info) == 1
-                cands = _expressions(o["colour"], o["shape"], o["where"], o["size"], style, difficulty, unique)
-                pick = rng.choice(len(cands), size=min(sentences_per_ref, len(cands)), replace=False)
+            for k, o in enumerate(info):
                 sents = []
-                for j in sorted(int(p) for p in pick):
-                    t = cands[j]
-                    sents.append({"sent_id": sent_id, "sent": t, "raw": t[0].upper() + t[1:], "tokens": t.split()})
-                    sent_id += 1
-                    all_sentences.add(t)
+                if grounded:
+                    cands = grounded_candidates(info, k, style, *sizes[idx])
+                    if expression_types is not None:
+                        cands = {t: v for t, v in cands.items() if t in expression_types}
+                    for t, kind in _pick_grounded(rng, cands, sentences_per_ref):
+                        sents.append({"sent_id": sent_id, "sent": t, "raw": t[0].upper() + t[1:], "tokens": t.split(),
+                                      "type": kind})
+                        sent_id += 1
+                        all_sentences.add(t)
+                    if not sents:  # nothing singles this object out in this dataset's style: no ref
+                        continue
+                else:
+                    unique = sum(x["shape"] == o["shape"] for x in info) == 1
+                    cands = _expressions(o["colour"], o["shape"], o["where"], o["size"], style, difficulty, unique)
+                    pick = rng.choice(len(cands), size=min(sentences_per_ref, len(cands)), replace=False)
+                    for j in sorted(int(p) for p in pick):
+                        t = cands[j]
+                        sents.append({"sent_id": sent_id, "sent": t, "raw": t[0].upper() + t[1:],
+                                      "tokens": t.split()})
+                        sent_id += 1
+                        all_sentences.add(t)
                 refs.append({"ref_id": ref_id, "ann_id": o["ann_id"], "image_id": image_id,
                              "category_id": SHAPES.index(o["shape"]) + 1, "split": split,
                              "file_name": f"COCO_train2014_{image_id:012d}_{o['ann_id']}.jpg",
@@ -557,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default=None, help=f"comma-separated subset of {','.join(SHAPES)}")
     p.add_argument("--difficulty", default="easy", choices=DIFFICULTIES)
     p.add_argument("--grefcoco", action="store_true", help="also write the gRefCOCO look-alike (refer_seg/grefcoco)")
+    p.add_argument("--expression-types", default=None,
+                   help=f"grounded only: comma-separated subset of {','.join(EXPRESSION_TYPES)}")
+    p.add_argument("--distinct-colours", action="store_true", help="grounded only: no colour twice in an image")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete dataset exists")
     a = p.parse_args(argv)
     stats = make_synthetic_refer(a.root, seed=a.seed, num_train=a.num_train, num_val=a.num_val,
@@ -564,7 +837,8 @@ def main(argv: list[str] | None = None) -> int:
                                  max_objects=a.max_objects, sentences_per_ref=a.sentences_per_ref,
                                  colours=a.colours.split(",") if a.colours else None,
                                  shapes=a.shapes.split(",") if a.shapes else None, difficulty=a.difficulty,
-                                 grefcoco=a.grefcoco, force=a.force)
+                                 expression_types=a.expression_types.split(",") if a.expression_types else None,
+                                 repeat_colours=not a.distinct_colours, grefcoco=a.grefcoco, force=a.force)
     print(f"{'reused' if stats['reused'] else 'wrote'} {stats['images']} images, {stats['objects']} objects "
           f"under {refer_dir(a.root)}")
     for name, splits in stats["datasets"].items():

@@ -311,7 +311,7 @@ class ReferTrainDataset(TrainDatasetBase):
 
     def __init__(self, root: str | Path, sources: Sequence[Source], *, tokenizer, sam_size: int, beit_size: int,
                  max_text_len: int, seed: int = 0, sentences_per_image: int = 3,
-                 exclude_splits: Sequence[tuple[str, str]] = EXCLUDE_SPLITS, with_sam_images: bool = True,
+                 exclude_splits: Sequence[tuple[str, str]] = (), with_sam_images: bool = True,
                  encoder: str = "beit3_large", semantic_sources: Sequence[SemanticTrainSource] = (),
                  resize_mode: str = "pad"):
         from evf_sam.data.grefer import GReferDataset, grefs_path, is_gref_dataset
@@ -327,6 +327,7 @@ class ReferTrainDataset(TrainDatasetBase):
         self.max_text_len, self.seed = max_text_len, seed
         self.with_sam_images = with_sam_images
 
+        self.exclude_splits = tuple(exclude_splits)
         excluded: set[int] = set()
         for dataset, split_by in (exclude_splits if sources else ()):
             if not _refs_file(self.root, dataset, split_by).is_file():
@@ -334,8 +335,9 @@ class ReferTrainDataset(TrainDatasetBase):
                                _refs_file(self.root, dataset, split_by))
                 continue
             excluded |= set(_eval_image_ids(ReferDataset(self.root, dataset, split_by)))
-        self.excluded_splits = [f"{d}|{b}" for d, b in EXCLUDE_SPLITS]
-        if sources and grefs_path(self.root).is_file():  # gRefCOCO val/test (RefCOCO unc's images) when present
+        self.excluded_splits = [f"{d}|{b}" for d, b in self.exclude_splits]
+        if sources and self.exclude_splits and grefs_path(self.root).is_file():
+            # gRefCOCO val/test (RefCOCO unc's images) too, when its files are present
             excluded |= set(_eval_image_ids(GReferDataset(self.root)))
             self.excluded_splits.append("grefcoco|unc")
         self.num_excluded_ids = len(excluded)
@@ -366,6 +368,9 @@ class ReferTrainDataset(TrainDatasetBase):
                  for s, p in zip(self.refer, self.probs)]
         parts += [f"{s.name}={len(s)} semantic images (p={p:.3f}, up to {s.k} classes each, prefix {s.prefix!r})"
                   for s, p in zip(self.semantic, self.probs[len(self.refer):])]
+        if not self.exclude_splits:
+            return (f"training mix: {'; '.join(parts)}; no training image excluded (as the official data code; "
+                    f"data.exclude_eval_images=true drops those in RefCOCO-family val/test splits)")
         return (f"training mix: {'; '.join(parts)}; excluded {self.num_excluded} training images that are in "
                 f"val/test splits of {', '.join(self.excluded_splits)}")
 

@@ -135,6 +135,29 @@ def set_trainable(model, globs: Sequence[str]) -> list[str]:
     return trained
 
 
+def _is_tiny(name: str) -> bool:
+    return name == "tiny" or name.endswith("_tiny")
+
+
+def check_pretrained_weights(model: ModelConfig) -> None:
+    """A full-size SAM or BEiT-3 trains from its official weights: without them (``model.sam_checkpoint`` /
+    ``model.encoder_checkpoint`` null, no ``model.init_from``) the run stops here, before any data or model
+    is touched, unless ``model.random_init=true``. Tiny test models are always random."""
+    if model.init_from or model.random_init:
+        return
+    missing = []
+    if not _is_tiny(model.sam_variant) and not model.sam_checkpoint:
+        missing.append(f"SAM {model.sam_variant!r}: set model.sam_checkpoint=<its official .pth> "
+                       f"(or the weights.* key of the experiment)")
+    if model.encoder.startswith("beit3") and not _is_tiny(model.encoder) and not model.encoder_checkpoint:
+        missing.append(f"encoder {model.encoder!r}: set model.encoder_checkpoint=<{model.encoder}_patch16_224.pth> "
+                       f"(or the weights.* key of the experiment)")
+    if missing:
+        raise ValueError("no pretrained weights for the full-size model parts below; training them from random "
+                         "weights cannot reproduce the paper:\n  " + "\n  ".join(missing)
+                         + "\nTo train from random init anyway (debugging), set model.random_init=true.")
+
+
 def check_encoder_choice(cfg) -> None:
     """``model.encoder`` follows the ``encoder`` group (``${encoder.name}``); overriding it alone would
     build one encoder while the config names another."""
@@ -185,6 +208,7 @@ def build_trainer(cfg, *, config_yaml: str | None = None) -> Trainer:
     run = typed(cfg, RunConfig)
     check_encoder_choice(cfg)
     model_cfg, data, trainable = typed(cfg.model), typed(cfg.data), typed(cfg.trainable)
+    check_pretrained_weights(model_cfg)
     optim, ds, trainer_cfg, logger_cfg = typed(cfg.optim), typed(cfg.deepspeed), typed(cfg.trainer), typed(cfg.logger)
     run_dir = Path(run.run_dir).absolute()
     dist = D.init_distributed(trainer_cfg.device)

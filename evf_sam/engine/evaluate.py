@@ -179,12 +179,13 @@ def format_paper_table(results: dict[str, dict[str, Any]], metric: str = "ciou",
 
 def write_results(out_dir: str | Path, results: dict[str, dict[str, Any]], *, config: dict | None = None,
                   checkpoint: str | None = None, row_name: str = "EVF-SAM",
-                  settings: dict[str, Any] | None = None) -> dict[str, Path]:
+                  settings: dict[str, Any] | None = None, labels: dict[str, Any] | None = None) -> dict[str, Path]:
     """Writes results.json, results.csv and results.md (cIoU + gIoU tables) atomically into ``out_dir``.
 
     The one writer of an evaluation's results.json (scripts/eval_refcoco.py, trainer.eval_at_end):
     split names at the top level, next to ``config``, ``checkpoint`` and ``eval_settings`` (what the
-    numbers depend on; `run_eval_from_config` reuses finished splits only when they match)."""
+    numbers depend on; `run_eval_from_config` reuses finished splits only when they match).
+    labels: extra top-level results.json keys that label the run's row (``run_axes.checkpoint_labels``)."""
     import csv
     import io
     import json
@@ -193,7 +194,7 @@ def write_results(out_dir: str | Path, results: dict[str, dict[str, Any]], *, co
     out.mkdir(parents=True, exist_ok=True)
     # split names at the top level, next to "config" / "checkpoint": the layout scripts/make_table.py
     # and the trainer's results.json use
-    payload = {**results, "config": config, "checkpoint": checkpoint}
+    payload = {**results, "config": config, "checkpoint": checkpoint, **(labels or {})}
     if settings is not None:
         payload["eval_settings"] = settings
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
@@ -530,7 +531,11 @@ def run_eval_from_config(cfg, *, replace_mismatched: bool = False) -> dict[str, 
         if p.name in done:
             logger.info("%s: done earlier, kept from %s (overwrite=true evaluates it again)", p.name,
                         out_dir / "results.json")
-    row = ckpt.name or str(ckpt)
+    from evf_sam.run_axes import checkpoint_labels
+
+    # <run_dir>/final or /best: name the row by its training run, not "final"
+    row = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.name in ("final", "best") else (ckpt.name or str(ckpt))
+    labels = checkpoint_labels(ckpt)
     if todo:
         model = EvfSam.from_pretrained(ckpt, dtype=dtype, device=info.device).eval()
         for p in todo:
@@ -547,7 +552,8 @@ def run_eval_from_config(cfg, *, replace_mismatched: bool = False) -> dict[str, 
                          max_text_len=cfg.get("max_text_len"))
             results[p.name] = m
             if D.is_main():
-                write_results(out_dir, results, config=config, checkpoint=str(ckpt), row_name=row, settings=settings)
+                write_results(out_dir, results, config=config, checkpoint=str(ckpt), row_name=row, settings=settings,
+                      labels=labels)
                 miou = f"  mIoU {100 * m['miou']:.2f}" if "miou" in m else ""
                 miou += "".join(f"  {k} {'-' if m[k] is None else f'{100 * m[k]:.2f}'}"
                                 for k in ("n_acc", "t_acc") if k in m)  # gRefCOCO
@@ -555,7 +561,8 @@ def run_eval_from_config(cfg, *, replace_mismatched: bool = False) -> dict[str, 
                             100 * m["giou"], miou, m["n_expressions"], m["n_images"])
         del model
     elif D.is_main():
-        write_results(out_dir, results, config=config, checkpoint=str(ckpt), row_name=row, settings=settings)
+        write_results(out_dir, results, config=config, checkpoint=str(ckpt), row_name=row, settings=settings,
+                      labels=labels)
     if D.is_main():
         logger.info("\n%s", (out_dir / "results.md").read_text().rstrip())
         logger.info("\nresults: %s", out_dir / "results.json")

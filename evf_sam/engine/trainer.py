@@ -295,7 +295,10 @@ class Trainer:
             if self.rank == 0:
                 best = {"step": self.state.best_step, config.best_metric: self.state.best_metric,
                         "path": str(self.run_dir / "best")} if self.state.best_step >= 0 else None
-                results.update(best=best, checkpoint=str(final), samples=self.state.samples, config=self.run_config)
+                from evf_sam.run_axes import axes_from_config
+
+                results.update(best=best, checkpoint=str(final), samples=self.state.samples, config=self.run_config,
+                               axes=axes_from_config(self.run_config))  # the row it lands on (make_table.py)
                 atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1))
         self.run_logger.finish()
         if self.rank == 0:

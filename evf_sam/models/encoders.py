@@ -9,7 +9,7 @@
 Encoders (paper Tab. 1) and the fusions each supports (Tab. 3):
 
     beit3_large / beit3_base   our BEiT-3 (evf_sam.models.beit3)   text, late, early, early_k
-    clip_large / clip_huge     transformers CLIPModel              text, late
+    clip_large(_openclip) / clip_huge  transformers CLIPModel      text, late
     vilt                       transformers ViltModel              text, late, early
 
 Inputs, for every encoder:
@@ -52,6 +52,13 @@ CLIP_PRESETS: dict[str, dict[str, Any]] = {
                          max_position_embeddings=77, hidden_act="quick_gelu"),
         vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                            image_size=224, patch_size=14, hidden_act="quick_gelu"),
+        projection_dim=768,
+    ),
+    "clip_large_openclip": dict(  # OpenCLIP ViT-L/14 (laion/CLIP-ViT-L-14-laion2B-s32B-b82K), paper Tab. 3 ‡
+        text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         max_position_embeddings=77, hidden_act="gelu"),
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=14, hidden_act="gelu"),
         projection_dim=768,
     ),
     "clip_huge": dict(  # OpenCLIP ViT-H/14 (laion/CLIP-ViT-H-14-laion2B-s32B-b79K)

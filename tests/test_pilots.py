@@ -1,0 +1,145 @@
+"""The CPU pilots of the paper's tables (configs/experiment/pilot_table*.yaml): every pilot row lands on its
+own paper row, and one pilot runs end to end (sweep -> eval_pilot -> make_table) at toy size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evf_sam.config  # noqa: F401  (registers the schemas)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+PILOTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("pilot_table*.yaml"))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(experiment: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        base = compose("train", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+        (key, spec), = dict(base.hydra.sweeper.params).items()
+        if spec.strip() == "glob(*)":
+            values = sorted(p.stem for p in (CONFIGS / key.lstrip("+")).glob("*.yaml"))
+        else:
+            values = [v.strip() for v in spec.split(",")]
+        return base, [compose("train", overrides=[f"+experiment={experiment}", f"{key}={v}"]) for v in values]
+
+
+def test_every_table_but_6_has_a_pilot():
+    # Tab. 2 compares published methods; Tab. 6 needs semantic-segmentation data (not generated yet)
+    assert PILOTS == ["pilot_table1", "pilot_table3", "pilot_table4", "pilot_table5", "pilot_table7"]
+
+
+@pytest.mark.parametrize("experiment", PILOTS)
+def test_pilot_rows_are_distinct_paper_rows_on_tiny_models(experiment):
+    from omegaconf import OmegaConf
+
+    from evf_sam.config import typed
+    from evf_sam.paper_numbers import paper_row
+    from evf_sam.run_axes import axes_from_config
+
+    base, rows = _rows(experiment)
+    table = base.paper_table
+    assert experiment == f"pilot_{table}" and len(rows) >= 2
+    sources, dirs = [], set()
+    for cfg in rows:
+        axes = axes_from_config(OmegaConf.to_container(cfg, resolve=True))
+        assert axes["pilot"] and axes["encoder"] == "beit3_tiny"
+        row = paper_row(table, axes)
+        assert row is not None, axes
+        sources.append(row.source)
+        dirs.add(cfg.run_dir)
+        model = typed(cfg.model)
+        assert model.sam_variant in ("tiny", "efficient_sam_tiny", "sam2_tiny") and model.make_tiny_tokenizer
+    assert len(set(sources)) == len(rows) == len(dirs)  # one paper row and one run dir per pilot row
+    if table == "table3":
+        assert sorted(sources) == ["Tab. 3, row 10", "Tab. 3, row 11", "Tab. 3, row 12", "Tab. 3, row 13"]
+        (l12,) = [cfg for cfg in rows if cfg.fusion.name == "early_l12"]
+        assert l12.fusion.fused_layers == 1  # L1-L12 of 24 layers, scaled to the 2-layer tiny BEiT-3
+
+
+@pytest.mark.slow
+def test_pilot_table1_sweep_eval_and_table_end_to_end(tmp_path, capsys):
+    """`train.py +experiment=pilot_table1` (both rows, 3 steps, 8 toy images) -> eval_pilot.py on each run ->
+    make_table.py: the paper's Tab. 1 rows with our numbers, the baselines and the pilot note."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "+experiment=pilot_table1", f"data.root={data}",
+           "data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
+           "data.synthetic.image_size=48", "data.val.max_images=2", "trainer.total_steps=3",
+           "trainer.micro_batch_size=2", "trainer.log_every=1", "data.num_workers=0",
+           f"run_dir={runs}/${{fusion.name}}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert sorted(d.name for d in runs.iterdir()) == ["early", "text"]
+    for fusion in ("early", "text"):
+        res = json.loads((runs / fusion / "results.json").read_text())
+        assert res["finished"] and res["step"] == 3
+        # the trainer labels the row it lands on
+        assert res["axes"]["paper_table"] == "table1" and res["axes"]["fusion"] == fusion
+        assert res["axes"]["encoder"] == "beit3_tiny" and res["axes"]["pilot"] is True
+    eval_pilot = _load("eval_pilot")
+    for fusion in ("early", "text"):
+        assert eval_pilot.main([str(runs / fusion), "--max-images", "2"]) == 0
+    capsys.readouterr()
+    make_table = _load("make_table")
+    assert make_table.main([str(runs / f / "pilot_eval") for f in ("early", "text")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("### Tab. 1 - text-only vs multimodal prompt encoders (RefCOCO testA)")
+    assert "PILOT runs" in out and "encoder: beit3_tiny" in out
+    lines = [x for x in out.splitlines() if x.startswith("|")]
+    ours = {}
+    for fusion in ("early", "text"):
+        res = json.loads((runs / fusion / "pilot_eval" / "results.json").read_text())
+        ours[fusion] = f"{100 * res['refcoco|unc|testA']['ciou']:.1f}"
+    text_row = next(x for x in lines if "| BEiT-3, text |" in x)
+    early_row = next(x for x in lines if "| BEiT-3, text + image (early fusion) |" in x)
+    assert f"| {ours['text']} | 65.1 |" in text_row and f"| {ours['early']} | 83.7 |" in early_row
+    assert any("text-blind baseline: union" in x for x in lines)
+
+
+@pytest.mark.slow
+def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
+    """scripts/pretrain_pilot_encoder.py writes a BEiT-3 .pth + tokenizer; a pilot built with
+    model.encoder_checkpoint / model.tokenizer starts from exactly those weights, whatever its fusion."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from evf_sam.config import typed
+    from evf_sam.engine.build import build_model_and_tokenizer
+
+    data = tmp_path / "data"
+    toy = [f"data.root={data}", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
+           "data.synthetic.image_size=48"]
+    pre = _load("pretrain_pilot_encoder")
+    out = tmp_path / "pt"
+    out.mkdir()
+    s = pre.pretrain(out, ["+experiment=pilot_base", *toy], steps=2, batch_size=2, lr=1e-3, seed=0, log_every=1)
+    assert s["steps"] == 2 and set(s["final"]) == {"mlm", "itm", "mlm_acc", "itm_acc"}
+    saved = torch.load(out / "encoder.pth", weights_only=True)["model"]
+    assert saved and all(k.startswith("beit3.") for k in saved)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=pilot_table3", "+experiment/pilot_table3_rows=text", *toy,
+                                          f"model.encoder_checkpoint={out / 'encoder.pth'}",
+                                          f"model.tokenizer={out / 'tokenizer'}", "model.make_tiny_tokenizer=false",
+                                          f"+model.encoder_overrides.vocab_size={s['vocab_size']}"])
+    model, tok, _ = build_model_and_tokenizer(typed(cfg.model), tmp_path / "run")
+    assert model.encoder.fusion == "text" and len(tok) == s["vocab_size"]
+    mine = model.encoder.state_dict()
+    assert set(mine) == {k[len("beit3."):] for k in saved}
+    assert all(torch.equal(mine[k[len("beit3."):]], v) for k, v in saved.items())
