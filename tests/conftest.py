@@ -16,9 +16,17 @@ def _seed():
     yield
 
 
+_RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 @pytest.fixture(autouse=True)
-def _no_leaked_rendezvous(monkeypatch):
-    """In-process evaluations create (and destroy) a process group, setting MASTER_ADDR / MASTER_PORT in
-    os.environ; restored afterwards so that no later subprocess reuses the port."""
-    monkeypatch.delenv("MASTER_PORT", raising=False)
-    monkeypatch.delenv("MASTER_ADDR", raising=False)
+def _no_leaked_rendezvous():
+    """In-process trainings / evaluations create (and destroy) a 1-rank process group of their own,
+    setting RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT ... in os.environ (engine.distributed); each
+    test starts without them and leaves none behind, so no later subprocess inherits half a rendezvous
+    or reuses a port."""
+    saved = {k: os.environ.pop(k) for k in _RENDEZVOUS_VARS if k in os.environ}
+    yield
+    for k in _RENDEZVOUS_VARS:
+        os.environ.pop(k, None)
+    os.environ.update(saved)

@@ -131,7 +131,8 @@ def test_eval_script_end_to_end(env):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "| ciou | RefCOCO val" in p.stdout and "| giou | RefCOCO val" in p.stdout
     res = json.loads((out / "results.json").read_text())
-    splits = {k: v for k, v in res.items() if k not in ("config", "checkpoint", "eval_settings")}  # make_table.py's layout
+    labels = ("config", "checkpoint", "eval_settings", "axes", "train_config")
+    splits = {k: v for k, v in res.items() if k not in labels}  # make_table.py's layout
     assert set(splits) == {"refcoco|unc|val", "refcocog|umd|test"}
     assert res["checkpoint"] == str(env["ckpt"]) and res["config"]["data"]["root"] == str(env["root"])
     for name in splits:

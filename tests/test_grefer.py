@@ -349,7 +349,7 @@ def test_eval_script_grefcoco_split(syn_eval):
 # -- training source and config ----------------------------------------------------------------------
 
 def test_training_source_masks(tmp_path):
-    from evf_sam.data.train_dataset import GReferTrainSource, ReferTrainDataset, Source
+    from evf_sam.data.train_dataset import EXCLUDE_SPLITS, GReferTrainSource, ReferTrainDataset, Source
     from evf_sam.tokenizer import load_tokenizer, train_sentencepiece
 
     # train refs only: with the val refs their images (5, 6) would be excluded from training
@@ -358,7 +358,7 @@ def test_training_source_masks(tmp_path):
     tok = load_tokenizer(train_sentencepiece(["right thing", "the cat", "both things", "the dog"] * 20,
                                              release / "tok", vocab_size=32))
     ds = ReferTrainDataset(release, [Source("grefcoco", "grefcoco", "unc", rate=1.0)], tokenizer=tok, sam_size=64,
-                           beit_size=32, max_text_len=8, sentences_per_image=3)
+                           beit_size=32, max_text_len=8, sentences_per_image=3, exclude_splits=EXCLUDE_SPLITS)
     (src,) = ds.refer
     assert isinstance(src, GReferTrainSource) and "grefcoco|unc" in ds.summary()
     assert src.images == [(5, [((2,), "right thing")]), (6, [((-1,), "the cat")])]  # the train split only
@@ -369,11 +369,16 @@ def test_training_source_masks(tmp_path):
     # masks in the SAM frame (64 px, longest side 16 -> x4, padded): the object, or nothing
     assert seen["the cat"].sum() == 0
     assert seen["right thing"].sum() == BOX2.sum() * 16 and seen["right thing"][24:44, 32:60].all()
-    # gRefCOCO's val / test images never train: with the val refs on images 5 and 6 nothing is left
+    # with the eval-image exclusion (data.exclude_eval_images, opt-in) gRefCOCO's val / test images never
+    # train: with the val refs on images 5 and 6 nothing is left; without it (the default, as the official
+    # data code) they do
     full = _write_release(tmp_path / "full")
     with pytest.raises(ValueError, match="no training images"):
         ReferTrainDataset(full, [Source("grefcoco", "grefcoco", "unc", rate=1.0)], tokenizer=tok, sam_size=64,
-                          beit_size=32, max_text_len=8)
+                          beit_size=32, max_text_len=8, exclude_splits=EXCLUDE_SPLITS)
+    kept = ReferTrainDataset(full, [Source("grefcoco", "grefcoco", "unc", rate=1.0)], tokenizer=tok, sam_size=64,
+                             beit_size=32, max_text_len=8)
+    assert [i for i, _ in kept.refer[0].images] == [5, 6] and "no training image excluded" in kept.summary()
 
 
 def test_config_source_off_by_default_and_switchable(tmp_path):

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from evf_sam.engine import distributed as D
+from evf_sam.precision import dtype_of
 
 __all__ = ["EmbeddingCache", "cache_key", "weights_hash"]
 
@@ -64,7 +65,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 _DTYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}  # bfloat16: its bit pattern
 ENCODERS = ("fast", "model")
-PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+CACHE_PRECISIONS = ("bf16", "fp32")  # names of evf_sam.precision
 
 
 def weights_hash(module: nn.Module) -> str:
@@ -158,8 +159,8 @@ class EmbeddingCache:
             raise ValueError(f"embedding cache dtype must be one of {list(_DTYPES)}, got {dtype!r}")
         if encoder not in ENCODERS:
             raise ValueError(f"embedding cache encoder must be one of {list(ENCODERS)}, got {encoder!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"embedding cache precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if precision not in CACHE_PRECISIONS:
+            raise ValueError(f"embedding cache precision must be one of {list(CACHE_PRECISIONS)}, got {precision!r}")
         root = Path(root)
         key, meta = cache_key(model, dtype=dtype, preprocess=preprocess, encoder=encoder,
                               precision=precision) if D.is_main() else (None, None)
@@ -203,7 +204,7 @@ class EmbeddingCache:
         mine = list(range(D.rank(), len(wanted), D.world_size()))
         was_training = enc.training
         enc.eval()
-        encode = _row_encoder(model, meta["encoder"], PRECISIONS[precision], torch.device(device))
+        encode = _row_encoder(model, meta["encoder"], dtype_of(precision), torch.device(device))
         with torch.no_grad():
             for start in range(0, len(mine), batch_size):
                 rows = mine[start:start + batch_size]
