@@ -340,3 +340,17 @@ def video_clip(n_frames: int, height: int, width: int, seed: int = 0, *, radius:
         frames.append(img.astype(np.uint8))
         masks.append(inside)
     return frames, np.stack(masks)
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` of this checkout as a module (registered in sys.modules, where dataclasses
+    look their module up), for tests of the scripts' functions."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from evf_sam.data.refer import ReferDataset
+from evf_sam.engine.baselines import group_by_image
 from evf_sam.metrics import RefMetrics
 
 __all__ = ["ALL", "UNTYPED", "merge_scores", "type_scores"]
@@ -49,12 +50,7 @@ def type_scores(root: str | Path, dataset: str, split_by: str, split: str, *, ma
     ``n_images`` of a type counts the images with at least one sentence of that type.
     """
     refer = ReferDataset(root, dataset, split_by)
-    anns_by_image: dict[int, list[int]] = {}
-    for ann_id, ann in refer.annotations.items():
-        anns_by_image.setdefault(int(ann["image_id"]), []).append(ann_id)
-    refs_by_image: dict[int, list[dict]] = {}
-    for r in refer.split_refs(split):
-        refs_by_image.setdefault(int(r["image_id"]), []).append(r)
+    anns_by_image, refs_by_image = group_by_image(refer, split)
     answers = ["empty", "union"] + (["model"] if masks_dir is not None else [])
     out: dict[str, dict[str, RefMetrics]] = {a: {} for a in answers}
     for image_id in sorted(refs_by_image)[:max_images]:

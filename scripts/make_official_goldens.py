@@ -234,9 +234,10 @@ def _sha256(t) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def _import_official(official: Path) -> types.SimpleNamespace:
-    """The official modules, with the run-time changes listed in the module docstring."""
-    for rel, want in OFFICIAL_FILES.items():
+def check_official_files(official: Path, files: dict[str, str]) -> None:
+    """Exits unless every file of ``files`` (path -> sha256) under ``official`` is the pinned commit's,
+    then puts ``official`` on sys.path."""
+    for rel, want in files.items():
         f = official / rel
         got = hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else "missing"
         if got != want:
@@ -244,6 +245,11 @@ def _import_official(official: Path) -> types.SimpleNamespace:
                              f"{OFFICIAL_COMMIT} (git archive {OFFICIAL_COMMIT[:7]} | tar -x -C DIR)")
     if str(official) not in sys.path:
         sys.path.insert(0, str(official))
+
+
+def _import_official(official: Path) -> types.SimpleNamespace:
+    """The official modules, with the run-time changes listed in the module docstring."""
+    check_official_files(official, OFFICIAL_FILES)
     try:
         import skimage.io  # noqa: F401
     except ImportError:  # utils/refer.py imports it for plotting only

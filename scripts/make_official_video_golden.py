@@ -54,7 +54,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from make_official_goldens import FIXTURES, OFFICIAL_COMMIT, fixture_tokenizer_dir  # noqa: E402
+from make_official_goldens import (  # noqa: E402
+    FIXTURES, OFFICIAL_COMMIT, check_official_files, fixture_tokenizer_dir)
 
 OFFICIAL_VIDEO_FILES = {  # sha256 at OFFICIAL_COMMIT
     "inference_video.py":
@@ -116,14 +117,7 @@ def _import_official(official: Path):
     """The official inference_video module, with the run-time changes of the module docstring."""
     import torch
 
-    for rel, want in OFFICIAL_VIDEO_FILES.items():
-        f = official / rel
-        got = hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else "missing"
-        if got != want:
-            raise SystemExit(f"{f}: sha256 {got}, expected {want}: --official must be hustvl/EVF-SAM at "
-                             f"{OFFICIAL_COMMIT} (git archive {OFFICIAL_COMMIT[:7]} | tar -x -C DIR)")
-    if str(official) not in sys.path:
-        sys.path.insert(0, str(official))
+    check_official_files(official, OFFICIAL_VIDEO_FILES)
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.nn.Module.cuda = lambda self, *a, **k: self
     torch.cuda.get_device_properties = lambda *a, **k: types.SimpleNamespace(major=0, minor=0, name="cpu")

@@ -3,25 +3,20 @@ the results.json it writes is what make_table.py reads."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from evf_sam.paper_numbers import REFER_SPLITS
+from evf_sam.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(name)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +44,8 @@ def pilot_run(tmp_path_factory):
 
 
 def test_eval_pilot_writes_splits_types_baselines_and_axes(pilot_run, capsys):
-    from evf_sam.engine.baselines import trivial_baselines
     from evf_sam.data.refer import parse_split_name
+    from evf_sam.engine.baselines import trivial_baselines
 
     run, data = pilot_run
     eval_pilot = _load("eval_pilot")

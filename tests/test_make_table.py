@@ -3,25 +3,20 @@ pilot seeds, metrics, row labels of training and evaluation runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from evf_sam.paper_numbers import PENDING_CONFIG_GROUPS, REFER_SPLITS, TABLES
+from evf_sam.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def make_table():
-    spec = importlib.util.spec_from_file_location("make_table", ROOT / "scripts" / "make_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_table"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("make_table")
 
 
 def _metrics(ciou: float) -> dict:

@@ -3,7 +3,6 @@ own paper row, and one pilot runs end to end (sweep -> eval_pilot -> make_table)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import evf_sam.config  # noqa: F401  (registers the schemas)
+from evf_sam.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -20,11 +20,7 @@ PILOTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("pilot_table*.yaml
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(name)
 
 
 def _rows(experiment: str):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -121,6 +121,16 @@ class ReferEvalDataset(ImageEntriesDataset):
     def __repr__(self) -> str:
         return f"ReferEvalDataset({self.name}: {len(self)} images, {self.num_expressions} expressions)"
 
+    item_type: type = EvalItem
+
+    def target_mask(self, target: Any, image_id: int) -> np.ndarray:
+        """(H, W) uint8 ground truth of an expression's target (here: one annotation id)."""
+        return self.reader.annotation_mask(target)
+
+    def extra_fields(self, exprs: list[tuple]) -> dict[str, Any]:
+        """Fields of ``item_type`` beyond `EvalItem`'s, for the image's expressions ``exprs``."""
+        return {}
+
     def __getitem__(self, index: int) -> EvalItem:
         from evf_sam.preprocess import beit3_preprocess, load_image, sam_preprocess
 
@@ -132,16 +142,16 @@ class ReferEvalDataset(ImageEntriesDataset):
         if (int(meta["height"]), int(meta["width"])) != (h, w):
             raise ValueError(f"{path}: image is {h}x{w} but instances.json says {meta['height']}x{meta['width']}")
         sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode, pipeline="eval")  # official eval.py
-        masks: dict[int, np.ndarray] = {}
-        for _, ann_id, _, _ in exprs:
-            if ann_id not in masks:
-                masks[ann_id] = self.reader.annotation_mask(ann_id)
+        masks: dict[Any, np.ndarray] = {}
+        for _, target, _, _ in exprs:
+            if target not in masks:
+                masks[target] = self.target_mask(target, image_id)
         gt = torch.from_numpy(np.stack([masks[a] for _, a, _, _ in exprs]).astype(bool))  # (N, H, W)
-        return EvalItem(image_id=image_id, image_path=str(path), sam_image=sam,
-                        beit_image=beit3_preprocess(image, self.beit_size),
-                        input_size=(int(input_size[0]), int(input_size[1])), original_size=(h, w),
-                        sentences=[t for *_, t in exprs], gt_masks=gt, ref_ids=[r for r, *_ in exprs],
-                        sent_ids=[s for _, _, s, _ in exprs])
+        return self.item_type(image_id=image_id, image_path=str(path), sam_image=sam,
+                              beit_image=beit3_preprocess(image, self.beit_size),
+                              input_size=(int(input_size[0]), int(input_size[1])), original_size=(h, w),
+                              sentences=[t for *_, t in exprs], gt_masks=gt, ref_ids=[r for r, *_ in exprs],
+                              sent_ids=[s for _, _, s, _ in exprs], **self.extra_fields(exprs))
 
 
 @dataclass
@@ -215,11 +225,12 @@ class GReferEvalItem(EvalItem):
     no_target: list[bool] = field(default_factory=list)  # (N,) the expression names no object (gt empty)
 
 
-class GReferEvalDataset(ImageEntriesDataset):
+class GReferEvalDataset(ReferEvalDataset):
     """All expressions of one gRefCOCO split, grouped by image (sentences lower-cased and stripped, as
     `ReferEvalDataset`). ``entries``: [(image_id, [(ref_id, ann_ids, sent_id, sentence), ...])];
     ``ann_ids`` a tuple, ``(-1,)`` for no target. ``empty_area``: the empty-prediction threshold
-    (fraction of the image area) `evaluate` scores N-acc / T-acc with."""
+    (fraction of the image area) `evaluate` scores N-acc / T-acc with. Items as `ReferEvalDataset`'s, the
+    target mask being the union of the objects, plus ``no_target``."""
 
     no_target_split = True  # evaluate(): GRefMetrics
 
@@ -258,29 +269,16 @@ class GReferEvalDataset(ImageEntriesDataset):
         return (f"GReferEvalDataset({self.name}: {len(self)} images, {self.num_expressions} expressions, "
                 f"{self.num_no_target} no-target)")
 
-    def __getitem__(self, index: int) -> GReferEvalItem:
-        from evf_sam.data.grefer import NO_TARGET
-        from evf_sam.preprocess import beit3_preprocess, load_image, sam_preprocess
+    item_type = GReferEvalItem
 
-        image_id, exprs = self.entries[index]
-        path = self.reader.image_path(image_id)
-        image = load_image(path)
-        h, w = image.shape[:2]
-        meta = self.reader.images[image_id]
-        if (int(meta["height"]), int(meta["width"])) != (h, w):
-            raise ValueError(f"{path}: image is {h}x{w} but instances.json says {meta['height']}x{meta['width']}")
-        sam, input_size = sam_preprocess(image, self.sam_size, self.resize_mode, pipeline="eval")  # official eval.py
-        masks: dict[tuple[int, ...], np.ndarray] = {}
-        for _, ann_ids, _, _ in exprs:
-            if ann_ids not in masks:
-                masks[ann_ids] = self.reader.target_mask(list(ann_ids), image_id)
-        gt = torch.from_numpy(np.stack([masks[a] for _, a, _, _ in exprs]).astype(bool))  # (N, H, W)
-        return GReferEvalItem(image_id=image_id, image_path=str(path), sam_image=sam,
-                              beit_image=beit3_preprocess(image, self.beit_size),
-                              input_size=(int(input_size[0]), int(input_size[1])), original_size=(h, w),
-                              sentences=[t for *_, t in exprs], gt_masks=gt, ref_ids=[r for r, *_ in exprs],
-                              sent_ids=[s for _, _, s, _ in exprs],
-                              no_target=[a == (NO_TARGET,) for _, a, _, _ in exprs])
+    def target_mask(self, target: tuple[int, ...], image_id: int) -> np.ndarray:
+        """(H, W) uint8: the union of the expression's objects; all zeros for ``(-1,)`` (no target)."""
+        return self.reader.target_mask(list(target), image_id)
+
+    def extra_fields(self, exprs: list[tuple]) -> dict[str, Any]:
+        from evf_sam.data.grefer import NO_TARGET
+
+        return {"no_target": [a == (NO_TARGET,) for _, a, _, _ in exprs]}
 
 
 def build_eval_dataset(root: str | Path, dataset: str, split_by: str, split: str, *, sam_size: int = 1024,

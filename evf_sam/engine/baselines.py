@@ -22,7 +22,19 @@ import numpy as np
 from evf_sam.data.refer import ReferDataset
 from evf_sam.metrics import GRefMetrics, RefMetrics
 
-__all__ = ["trivial_baselines"]
+__all__ = ["group_by_image", "trivial_baselines"]
+
+
+def group_by_image(refer, split: str) -> tuple[dict[int, list[int]], dict[int, list[dict]]]:
+    """``(anns_by_image, refs_by_image)`` of a REFER / gRefCOCO reader: every annotation id of each
+    image, and each image's refs in ``split`` (the text-blind answers need both)."""
+    anns_by_image: dict[int, list[int]] = {}
+    for ann_id, ann in refer.annotations.items():
+        anns_by_image.setdefault(int(ann["image_id"]), []).append(ann_id)
+    refs_by_image: dict[int, list[dict]] = {}
+    for r in refer.split_refs(split):
+        refs_by_image.setdefault(int(r["image_id"]), []).append(r)
+    return anns_by_image, refs_by_image
 
 
 def trivial_baselines(root: str | Path, dataset: str, split_by: str, split: str,
@@ -39,12 +51,7 @@ def trivial_baselines(root: str | Path, dataset: str, split_by: str, split: str,
     if is_gref_dataset(dataset):
         return _gref_baselines(GReferDataset(root, dataset, split_by), split, max_images, empty_area)
     refer = ReferDataset(root, dataset, split_by)
-    anns_by_image: dict[int, list[int]] = {}
-    for ann_id, ann in refer.annotations.items():
-        anns_by_image.setdefault(int(ann["image_id"]), []).append(ann_id)
-    refs_by_image: dict[int, list[dict]] = {}
-    for r in refer.split_refs(split):
-        refs_by_image.setdefault(int(r["image_id"]), []).append(r)
+    anns_by_image, refs_by_image = group_by_image(refer, split)
     image_ids = sorted(refs_by_image)[:max_images]
     empty, union = RefMetrics(), RefMetrics()
     for image_id in image_ids:
@@ -62,12 +69,7 @@ def trivial_baselines(root: str | Path, dataset: str, split_by: str, split: str,
 
 
 def _gref_baselines(refer, split: str, max_images: int | None, empty_area: float) -> dict[str, dict[str, Any]]:
-    anns_by_image: dict[int, list[int]] = {}
-    for ann_id, ann in refer.annotations.items():
-        anns_by_image.setdefault(int(ann["image_id"]), []).append(ann_id)
-    refs_by_image: dict[int, list[dict]] = {}
-    for r in refer.split_refs(split):
-        refs_by_image.setdefault(int(r["image_id"]), []).append(r)
+    anns_by_image, refs_by_image = group_by_image(refer, split)
     empty, union = GRefMetrics(empty_area=empty_area), GRefMetrics(empty_area=empty_area)
     for image_id in sorted(refs_by_image)[:max_images]:
         info = refer.image_info(image_id)
