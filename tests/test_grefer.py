@@ -459,3 +459,14 @@ def test_data_check_reports_grefcoco(release, tmp_path):
     assert any("grefcoco|unc|val: 1 of 2 images missing" in p for p in problems)
     problems = check_root(tmp_path / "empty", ("grefcoco|unc",), out=io.StringIO())
     assert any(r"grefs(unc).json" in p for p in problems)
+
+
+def test_corrupt_instances_json_is_named(tmp_path):
+    """gRefCOCO reads instances.json through ReferDataset's loader: a cut-off file is one error naming it."""
+    from evf_sam.data.grefer import GReferDataset
+
+    root = _write_release(tmp_path)
+    inst = root / "refer_seg" / "grefcoco" / "instances.json"
+    inst.write_text(inst.read_text()[:40])
+    with pytest.raises(ValueError, match=r"instances\.json' is not valid JSON, truncated or corrupt"):
+        GReferDataset(root)

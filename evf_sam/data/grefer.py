@@ -141,11 +141,7 @@ class GReferDataset(ReferDataset):
                 raise FileNotFoundError(f"{dataset}|{split_by}: {str(f)!r} not found (gRefCOCO: instances.json and "
                                         f"grefs({split_by}).json or .p under {str(base / dataset)!r}; see "
                                         "data/README.md)")
-        with open(inst) as f:
-            coco = json.load(f)
-        self.images: dict[int, dict] = {int(im["id"]): im for im in coco.get("images", [])}
-        self.annotations: dict[int, dict] = {int(a["id"]): a for a in coco.get("annotations", [])}
-        self.categories: dict[int, dict] = {int(c["id"]): c for c in coco.get("categories", [])}
+        self._load_instances(inst)
         self.refs: list[dict[str, Any]] = load_grefs(self.refs_file)
         self.image_dir = base / GREF_IMAGE_DIR
         # ReferDataset's degenerate-polygon bookkeeping (data.check reads it): not applied here, since an

@@ -236,6 +236,20 @@ class ReferDataset:
                 raise FileNotFoundError(f"{dataset}|{split_by}: {str(f)!r} not found (see data/README.md for the "
                                         "REFER layout and downloads; `python -m evf_sam.data.check ROOT` lists "
                                         "what is missing)")
+        self._load_instances(inst)
+        self.refs: list[dict[str, Any]] = load_refs_pickle(self.refs_file)
+        self.image_dir = base / IMAGE_DIRS[dataset]
+        self._count_degenerate_polygons()
+        self._by_split: dict[str, list[dict]] = {}
+        for r in self.refs:
+            if int(r["ann_id"]) not in self.empty_ann_ids:
+                self._by_split.setdefault(str(r["split"]), []).append(r)
+        if check_refs:
+            self._check_refs()
+
+    def _load_instances(self, inst: Path) -> None:
+        """``images`` / ``annotations`` / ``categories`` from a COCO ``instances.json``; a file that is not a
+        JSON object is a ValueError naming it."""
         try:
             with open(inst, "rb") as f:
                 coco = json.loads(f.read())
@@ -247,15 +261,6 @@ class ReferDataset:
         self.images: dict[int, dict] = {int(im["id"]): im for im in coco.get("images", [])}
         self.annotations: dict[int, dict] = {int(a["id"]): a for a in coco.get("annotations", [])}
         self.categories: dict[int, dict] = {int(c["id"]): c for c in coco.get("categories", [])}
-        self.refs: list[dict[str, Any]] = load_refs_pickle(self.refs_file)
-        self.image_dir = base / IMAGE_DIRS[dataset]
-        self._count_degenerate_polygons()
-        self._by_split: dict[str, list[dict]] = {}
-        for r in self.refs:
-            if int(r["ann_id"]) not in self.empty_ann_ids:
-                self._by_split.setdefault(str(r["split"]), []).append(r)
-        if check_refs:
-            self._check_refs()
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={len(v)}" for s, v in self._by_split.items())
