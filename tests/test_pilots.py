@@ -41,6 +41,15 @@ def test_every_table_but_6_has_a_pilot():
     assert PILOTS == ["pilot_table1", "pilot_table3", "pilot_table4", "pilot_table5", "pilot_table7"]
 
 
+# The paper rows of each pilot (every row the paper has that a tiny model can stand for)
+PILOT_ROWS = {
+    "table1": ["Tab. 1, row 1", "Tab. 1, row 2", "Tab. 1, row 3", "Tab. 1, row 4"],
+    "table3": ["Tab. 3, row 1", "Tab. 3, row 10", "Tab. 3, row 11", "Tab. 3, row 12", "Tab. 3, row 13",
+               "Tab. 3, row 2", "Tab. 3, row 7", "Tab. 3, row 8", "Tab. 3, row 9"],
+    "table7": ["Tab. 7, row 1", "Tab. 7, row 2", "Tab. 7, row 4", "Tab. 7, row 5", "hustvl/EVF-SAM README"],
+}
+
+
 @pytest.mark.parametrize("experiment", PILOTS)
 def test_pilot_rows_are_distinct_paper_rows_on_tiny_models(experiment):
     from omegaconf import OmegaConf
@@ -55,7 +64,8 @@ def test_pilot_rows_are_distinct_paper_rows_on_tiny_models(experiment):
     sources, dirs = [], set()
     for cfg in rows:
         axes = axes_from_config(OmegaConf.to_container(cfg, resolve=True))
-        assert axes["pilot"] and axes["encoder"] == "beit3_tiny"
+        assert axes["pilot"] and axes["encoder"] in ("beit3_tiny", "clip_tiny", "vilt_tiny")
+        assert cfg.model.encoder == cfg.encoder.name
         row = paper_row(table, axes)
         assert row is not None, axes
         sources.append(row.source)
@@ -63,22 +73,24 @@ def test_pilot_rows_are_distinct_paper_rows_on_tiny_models(experiment):
         model = typed(cfg.model)
         assert model.sam_variant in ("tiny", "efficient_sam_tiny", "sam2_tiny") and model.make_tiny_tokenizer
     assert len(set(sources)) == len(rows) == len(dirs)  # one paper row and one run dir per pilot row
+    if table in PILOT_ROWS:
+        assert sorted(sources) == PILOT_ROWS[table]
     if table == "table3":
-        assert sorted(sources) == ["Tab. 3, row 10", "Tab. 3, row 11", "Tab. 3, row 12", "Tab. 3, row 13"]
         (l12,) = [cfg for cfg in rows if cfg.fusion.name == "early_l12"]
         assert l12.fusion.fused_layers == 1  # L1-L12 of 24 layers, scaled to the 2-layer tiny BEiT-3
 
 
 @pytest.mark.slow
 def test_pilot_table1_sweep_eval_and_table_end_to_end(tmp_path, capsys):
-    """`train.py +experiment=pilot_table1` (both rows, 3 steps, 8 toy images) -> eval_pilot.py on each run ->
-    make_table.py: the paper's Tab. 1 rows with our numbers, the baselines and the pilot note."""
+    """`train.py +experiment=pilot_table1` (the two BEiT-3 rows, 3 steps, 8 toy images) -> eval_pilot.py on
+    each run -> make_table.py: the paper's Tab. 1 rows with our numbers, the baselines and the pilot note."""
     data, runs = tmp_path / "data", tmp_path / "runs"
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "+experiment=pilot_table1", f"data.root={data}",
            "data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
            "data.synthetic.image_size=48", "data.val.max_images=2", "trainer.total_steps=3",
            "trainer.micro_batch_size=2", "trainer.log_every=1", "data.num_workers=0",
-           f"run_dir={runs}/${{fusion.name}}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+           f"run_dir={runs}/${{fusion.name}}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+           "+experiment/pilot_table1_rows=beit3_tiny_early,beit3_tiny_text"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -107,6 +119,58 @@ def test_pilot_table1_sweep_eval_and_table_end_to_end(tmp_path, capsys):
     early_row = next(x for x in lines if "| BEiT-3, text + image (early fusion) |" in x)
     assert f"| {ours['text']} | 65.1 |" in text_row and f"| {ours['early']} | 83.7 |" in early_row
     assert any("text-blind baseline: union" in x for x in lines)
+
+
+TOY = ["data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
+       "data.synthetic.image_size=48", "data.val.max_images=2", "trainer.micro_batch_size=2", "data.num_workers=0",
+       "trainer.val_at_end=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment, row", [("pilot_table1", "clip_tiny_late"),
+                                             ("pilot_table7", "vilt_tiny_sam_tiny")])
+def test_tiny_clip_and_vilt_rows_train_export_and_reload(tmp_path, experiment, row):
+    """A CLIP / ViLT pilot row trains from scratch with the tokenizer it makes in its run dir; RUN_DIR/final
+    (what eval_pilot.py loads) holds that tokenizer and reloads to the trained weights: identical logits."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from evf_sam import EvfSam
+    from evf_sam.engine.build import build_trainer
+    from evf_sam.models.encoders import load_encoder_tokenizer, tokenize_for_encoder
+    from evf_sam.testing import tiny_inputs
+
+    run = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment={experiment}", f"+experiment/{experiment}_rows={row}",
+                                          f"data.root={tmp_path / 'data'}", *TOY, "trainer.total_steps=3",
+                                          f"run_dir={run}", "data.embedding_cache=null"])
+    encoder = cfg.encoder.name
+    trainer = build_trainer(cfg)
+    init = {n: p.detach().clone() for n, p in trainer.module.named_parameters() if p.requires_grad}
+    trainer.fit()
+    res = json.loads((run / "results.json").read_text())
+    assert res["finished"] and res["step"] == 3 and res["axes"]["encoder"] == encoder
+    trained = trainer.module.eval()
+    assert any(not torch.equal(init[n], p) for n, p in trained.named_parameters() if n.startswith("encoder."))
+
+    final = run / "final"
+    again = EvfSam.from_pretrained(final).eval()
+    assert again.config.encoder == encoder and again.config.fusion == trained.config.fusion
+    tok = load_encoder_tokenizer(encoder, final)
+    assert len(tok) == len(load_encoder_tokenizer(encoder, run / "tokenizer"))
+    ids, pad = tokenize_for_encoder(encoder, tok, ["the red circle on the left", "the second shape from the right"],
+                                    again.max_text_len)
+    assert (~pad).sum(1).tolist() == [8, 8]  # start, 6 words, end: each word of the run's sentences is one token
+    x = tiny_inputs(again, n_images=2, n_prompts=2)
+    out = []
+    for model in (trained, again):
+        torch.manual_seed(0)  # ViLT's visual_embed draws its patch order (torch.multinomial), as the original ViLT
+        with torch.no_grad():
+            out.append(model(x["sam_images"], x["beit_images"], ids, pad, x["image_index"])[0])
+    assert torch.equal(out[0], out[1]) and out[0].abs().sum() > 0
+    state = again.state_dict()
+    assert all(torch.equal(p, state[n]) for n, p in trained.state_dict().items())
 
 
 @pytest.mark.slow

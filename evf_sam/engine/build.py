@@ -48,9 +48,11 @@ def build_model_and_tokenizer(model: ModelConfig, run_dir: Path, *, tokenizer_se
                               semantic_token: bool = False, pretrained: bool = True):
     """(EvfSam, tokenizer, tokenizer_dir) from the ``model`` group.
 
-    Without ``model.tokenizer`` and with ``model.make_tiny_tokenizer`` a sentencepiece tokenizer of
-    ``model.tiny_vocab_size`` pieces is trained into ``run_dir/tokenizer`` (rank 0, once) on
-    `testing.TINY_SENTENCES` + ``tokenizer_sentences``; ``semantic_token`` adds ``[semantic]`` to it.
+    Without ``model.tokenizer`` and with ``model.make_tiny_tokenizer`` a tiny tokenizer of the encoder's
+    family is made into ``run_dir/tokenizer`` (rank 0, once) from `testing.TINY_SENTENCES` +
+    ``tokenizer_sentences`` (`tiny_tokenizers.make_tiny_tokenizer`: BEiT-3 sentencepiece of
+    ``model.tiny_vocab_size`` pieces, CLIP byte-level BPE, ViLT WordPiece); ``semantic_token`` adds
+    ``[semantic]`` to it (BEiT-3).
     pretrained=False: the architecture only (no SAM / BEiT-3 weight files read; ``model.init_from``'s
     config.json alone), for weights that come from elsewhere (`export.export_checkpoint`).
     """
@@ -60,18 +62,17 @@ def build_model_and_tokenizer(model: ModelConfig, run_dir: Path, *, tokenizer_se
     tok_dir = model.tokenizer
     if tok_dir is None:
         if not model.make_tiny_tokenizer:
-            raise ValueError("model.tokenizer is not set: point it at a directory with BEiT-3's "
-                             "sentencepiece.bpe.model (e.g. the official evf-sam checkpoint directory)")
+            raise ValueError(f"model.tokenizer is not set: point it at the tokenizer directory of encoder "
+                             f"{model.encoder!r} (BEiT-3: sentencepiece.bpe.model, e.g. the official evf-sam "
+                             f"checkpoint directory; CLIP / ViLT: its transformers directory)")
+        from evf_sam.tiny_tokenizers import make_tiny_tokenizer, tokenizer_files_present
+
         tok_dir = Path(run_dir) / "tokenizer"
-        if D.is_main() and not (tok_dir / "sentencepiece.bpe.model").is_file():
+        if D.is_main() and not tokenizer_files_present(model.encoder, tok_dir):
             from evf_sam.testing import TINY_SENTENCES
-            from evf_sam.tokenizer import train_sentencepiece
 
-            train_sentencepiece([*TINY_SENTENCES, *tokenizer_sentences], tok_dir, model.tiny_vocab_size)
-            if semantic_token:  # the multitask release's added token, next free id
-                from evf_sam.tokenizer import SEMANTIC_TOKEN, add_tokens
-
-                add_tokens(tok_dir, [SEMANTIC_TOKEN])
+            make_tiny_tokenizer(model.encoder, [*TINY_SENTENCES, *tokenizer_sentences], tok_dir,
+                                vocab_size=model.tiny_vocab_size, semantic_token=semantic_token)
         D.barrier()
     tokenizer = load_encoder_tokenizer(model.encoder, tok_dir)
     if model.init_from and pretrained:
@@ -97,8 +98,10 @@ def build_model_and_tokenizer(model: ModelConfig, run_dir: Path, *, tokenizer_se
 def evf_sam_config(model: ModelConfig, *, vocab_size: int | None = None):
     """The `EvfSamConfig` of the ``model`` group: its keys named like EvfSamConfig's fields, passed by name.
 
-    vocab_size: the text embedding rows of a tiny tokenizer (``encoder_overrides.vocab_size`` unless set).
+    vocab_size: the text embedding rows of a tiny tokenizer (`encoders.with_vocab_size`: BEiT-3 / ViLT
+    ``encoder_overrides.vocab_size``, CLIP ``encoder_overrides.text_config.vocab_size``, unless set).
     """
+    from evf_sam.models.encoders import with_vocab_size
     from evf_sam.models.evf_sam import EvfSamConfig
 
     architecture = {f.name for f in dataclasses.fields(EvfSamConfig)}
@@ -109,7 +112,7 @@ def evf_sam_config(model: ModelConfig, *, vocab_size: int | None = None):
     kwargs = {k: v for k, v in values.items() if k in architecture}
     kwargs["encoder_overrides"] = dict(kwargs["encoder_overrides"])
     if vocab_size is not None:
-        kwargs["encoder_overrides"].setdefault("vocab_size", int(vocab_size))
+        kwargs["encoder_overrides"] = with_vocab_size(model.encoder, kwargs["encoder_overrides"], int(vocab_size))
     return EvfSamConfig(**kwargs)
 
 

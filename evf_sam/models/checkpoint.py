@@ -18,6 +18,7 @@ An official directory (what a user downloads as "evf-sam"):
     pytorch_model.bin | model.safetensors | pytorch_model.bin.index.json (+ shards) |
     model.safetensors.index.json (+ shards)
     sentencepiece.bpe.model, tokenizer_config.json, special_tokens_map.json [, added_tokens.json]
+    (CLIP / ViLT ablation encoders: vocab.json + merges.txt / vocab.txt instead of sentencepiece.bpe.model)
 
 Every load is strict: missing tensors, unexpected tensors and shape mismatches raise
 `StateDictMismatchError` naming each tensor by its name in the file (official names), and a
@@ -124,7 +125,11 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS_FILE, BIN_FILE, SAFETENSORS_INDEX, BIN_INDEX)  # in order of preference
 TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "tokenizer.json")
+                   "added_tokens.json", "tokenizer.json",
+                   "vocab.json", "merges.txt",  # CLIP byte-level BPE (Tab. 1 / 3 / 7 CLIP rows)
+                   "vocab.txt")  # ViLT (BERT WordPiece)
+# One of these file sets makes a tokenizer directory: BEiT-3 sentencepiece, CLIP BPE, ViLT WordPiece.
+_TOKENIZER_KINDS = (("sentencepiece.bpe.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
 # Non-persistent `Sam` buffers (constants); official files do not have them, some exports do.
 _CONSTANT_KEYS = ("visual_model.pixel_mean", "visual_model.pixel_std")
 
@@ -514,8 +519,9 @@ def write_checkpoint_dir(path: str | Path, *, config: Mapping[str, Any], state: 
     if tokenizer_dir is not None:
         tokenizer_dir = Path(tokenizer_dir)
         tok_files = [tokenizer_dir / n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()]
-        if not (tokenizer_dir / "sentencepiece.bpe.model").is_file():
-            raise FileNotFoundError(f"tokenizer dir {str(tokenizer_dir)!r} has no sentencepiece.bpe.model")
+        if not any(all((tokenizer_dir / n).is_file() for n in kind) for kind in _TOKENIZER_KINDS):
+            raise FileNotFoundError(f"tokenizer dir {str(tokenizer_dir)!r} has no sentencepiece.bpe.model (BEiT-3), "
+                                    f"vocab.json + merges.txt (CLIP) or vocab.txt (ViLT)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

@@ -302,7 +302,7 @@ def _build_clip(encoder: str, *, fusion: str, feature: str | None, fused_layers:
         model = CLIPModel.from_pretrained(str(pretrained))
         mean, std = _preprocessor_stats(pretrained, mean, std)
     else:
-        kwargs = _merge(CLIP_PRESETS[encoder], overrides or {})
+        kwargs = _merge(CLIP_PRESETS[encoder], _image_overrides("clip", overrides))
         model = CLIPModel(CLIPConfig(**kwargs))
     return CLIPPromptEncoder(model, encoder=encoder, fusion=fusion, feature=feature, image_mean=mean, image_std=std)
 
@@ -380,7 +380,8 @@ def _build_vilt(encoder: str, *, fusion: str, feature: str | None, fused_layers:
         model = ViltModel.from_pretrained(str(pretrained), add_pooling_layer=False)
         mean, std = _preprocessor_stats(pretrained, mean, std)
     else:
-        model = ViltModel(ViltConfig(**_merge(VILT_PRESETS[encoder], overrides or {})), add_pooling_layer=False)
+        model = ViltModel(ViltConfig(**_merge(VILT_PRESETS[encoder], _image_overrides("vilt", overrides))),
+                          add_pooling_layer=False)
     return ViltPromptEncoder(model, encoder=encoder, fusion=fusion, feature=feature, image_mean=mean, image_std=std)
 
 
@@ -409,10 +410,45 @@ def build_prompt_encoder(
         pretrained: CLIP / ViLT: a local transformers directory (`from_pretrained`). BEiT-3 weights are
             not loaded here: they come with an EVF-SAM checkpoint (`EvfSam.from_pretrained`) or a
             BEiT-3 .pth (`build_evf_sam(encoder_checkpoint=...)`, `beit3.load_beit3_state_dict`).
-        overrides: architecture overrides for tiny models (BEiT3Config fields; CLIPConfig / ViltConfig kwargs).
+        overrides: architecture overrides for tiny models (BEiT3Config fields; CLIPConfig / ViltConfig kwargs,
+            where BEiT3Config's ``img_size`` / ``patch_size`` also set the CLIP / ViLT image tower's).
     """
     return encoder_family_of(encoder).build(encoder, fusion=fusion, feature=feature, fused_layers=fused_layers,
                                             pretrained=pretrained, overrides=overrides)
+
+
+def with_vocab_size(encoder: str, overrides: dict | None, vocab_size: int) -> dict:
+    """``overrides`` + a text embedding of ``vocab_size`` rows (a tiny tokenizer's length) where the
+    encoder's family keeps it: BEiT-3 / ViLT ``vocab_size``, CLIP ``text_config.vocab_size``. A size
+    already in ``overrides`` wins."""
+    out = copy.deepcopy(dict(overrides or {}))
+    if encoder_kind(encoder) == "clip":
+        text = dict(out.get("text_config") or {})
+        text.setdefault("vocab_size", int(vocab_size))
+        out["text_config"] = text
+    else:
+        out.setdefault("vocab_size", int(vocab_size))
+    return out
+
+
+def _image_overrides(kind: str, overrides: dict | None) -> dict:
+    """BEiT3Config's ``img_size`` / ``patch_size`` keys (the pilot recipe sets them for whichever tiny
+    encoder it trains) as the image tower's own: CLIP ``vision_config.image_size`` / ``patch_size``,
+    ViLT ``image_size`` / ``patch_size``."""
+    out = copy.deepcopy(dict(overrides or {}))
+    img_size, patch_size = out.pop("img_size", None), out.get("patch_size")
+    if kind == "clip":
+        out.pop("patch_size", None)
+        vision = dict(out.get("vision_config") or {})
+        if img_size is not None:
+            vision.setdefault("image_size", img_size)
+        if patch_size is not None:
+            vision.setdefault("patch_size", patch_size)
+        if vision:
+            out["vision_config"] = vision
+    elif img_size is not None:
+        out.setdefault("image_size", img_size)
+    return out
 
 
 def _merge(base: dict, overrides: dict) -> dict:
