@@ -182,6 +182,19 @@ class SyntheticConfig:
 
 
 @dataclass
+class SyntheticSemanticConfig:
+    """Arguments of `data.synthetic_semantic.make_synthetic_semantic` (None: its default); ``generate``
+    writes synthetic ADE20K / Mapillary trees into ``data.semantic_root`` (else ``data.root``) on first use."""
+
+    generate: Optional[bool] = None
+    seed: Optional[int] = None
+    num_train: Optional[int] = None
+    num_val: Optional[int] = None
+    image_size: Optional[int] = None
+    force: Optional[bool] = None
+
+
+@dataclass
 class DataConfig:
     """Keys every data option has."""
 
@@ -212,6 +225,7 @@ class ReferDataConfig(DataConfig):
     classes_per_image: Optional[int] = None  # classes per sampled semantic image (required with semantic_sources)
     semantic_prefix: Optional[str] = None  # None: tokenizer.SEMANTIC_PREFIX ("[semantic] ")
     val_semantic: Optional[SemanticValConfig] = None
+    synthetic_semantic: SyntheticSemanticConfig = field(default_factory=SyntheticSemanticConfig)  # Tab. 6 pilot
 
 
 @dataclass

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Evaluates a pilot run (tiny EVF-SAM on synthetic data) on the eight splits, per expression type, beside
-the text-blind baselines; writes a results.json that scripts/make_table.py reads.
+the text-blind baselines (and, for a run with semantic validation data such as the Tab. 6 pilot, on its
+ADE20K val split); writes a results.json that scripts/make_table.py reads.
 
     python scripts/eval_pilot.py runs/pilot_table3/early_s0            # -> runs/pilot_table3/early_s0/pilot_eval/
     python scripts/make_table.py runs/pilot_table3/*/pilot_eval         # Tab. 3 pilot: mean ± std over seeds
@@ -12,9 +13,16 @@ Reads ``RUN_DIR/final`` (the exported model and tokenizer) and the run's data ro
 `evf_sam.type_scores` on those predictions. Writes ``OUT/results.json``::
 
     {"<split>": {ciou, giou, pr@K, n_expressions, n_images}, ...,     # the model, eight splits
+     "ade20k|semantic|val": {ciou, ..., miou},                        # runs with data.val_semantic (Tab. 6)
      "baselines": {"union": {"<split>": {...}}, "empty": {...}},      # text-blind answers, same splits
      "by_type": {"model" | "union" | "empty": {"<type>": {...}}},     # pooled over the eight splits
      "axes": {...}, "config": <the training config>, "checkpoint": "RUN_DIR/final"}
+
+The semantic split is the run's ``data.val_semantic`` (dataset, split, prefix, ignore_unlabeled: the Tab. 6
+pilot's is the official protocol, "[semantic] <class>" for every class present, "other" pixels
+background) under its semantic root (``--data`` replaces it too), cIoU + mIoU; its text-blind baseline
+``union`` is the whole image for every expression (every labelled class at once), ``empty`` nothing.
+``--no-semantic`` skips it.
 
 Per-type figures pool the eight splits (sum I / sum U over every sentence of that type; RefCOCO,
 RefCOCO+ and RefCOCOg share images, so an image can count more than once).
@@ -34,8 +42,54 @@ from evf_sam.atomic import atomic_write_text  # noqa: E402
 from evf_sam.paper_numbers import REFER_SPLITS  # noqa: E402
 
 
+def semantic_baselines(dataset) -> dict[str, dict]:
+    """Text-blind answers on a `SemanticEvalDataset`: ``union`` (every pixel of the image, i.e. all classes
+    at once) and ``empty``, scored as `evaluate` scores the model (ignored pixels left out when the
+    dataset ignores them)."""
+    import torch
+
+    from evf_sam.metrics import RefMetrics
+
+    out = {"union": RefMetrics(), "empty": RefMetrics()}
+    for k in range(len(dataset)):
+        item = dataset[k]
+        gt = item.gt_masks  # (N, H, W) bool
+        keep = torch.ones_like(gt[0]) if item.ignore_mask is None else ~item.ignore_mask
+        gt = gt & keep
+        out["union"].update(keep.expand_as(gt), gt)
+        out["empty"].update(torch.zeros_like(gt), gt)
+        for m in out.values():
+            m.add_images(1)
+    return {answer: m.compute() for answer, m in out.items()}
+
+
+def _semantic_dataset(cfg: dict | None, data_root: Path | None, model, max_images: int | None):
+    """The run's ``data.val_semantic`` split as a `SemanticEvalDataset`, or None without one."""
+    from evf_sam.data.eval_dataset import SemanticEvalDataset
+    from evf_sam.data.semantic import build_semantic_reader
+    from evf_sam.tokenizer import SEMANTIC_PREFIX
+
+    data = (cfg or {}).get("data") or {}
+    vs = data.get("val_semantic")
+    if not vs:
+        return None
+    root = data_root or vs.get("root") or data.get("semantic_root") or data.get("root")
+    kw = {"version": vs["version"]} if vs["dataset"] == "mapillary" and vs.get("version") else {}
+    reader = build_semantic_reader(vs["dataset"], root, vs["split"], **kw)
+    prefix = vs.get("prefix")
+    if prefix == "auto":  # the older protocol: the training prefix if semantic data was trained on, else none
+        trained = any(s and s.get("rate", 0) > 0 for s in (data.get("semantic_sources") or {}).values())
+        prefix = (data.get("semantic_prefix") or SEMANTIC_PREFIX) if trained else ""
+    # Official protocol: every model is asked "[semantic] <class>"; one whose tokenizer lacks the token (a RES-only
+    # row) reads it as ordinary pieces (zero-shot), as official utils/dataset.py does.
+    return SemanticEvalDataset(reader, sam_size=model.sam_image_size, beit_size=model.beit_image_size,
+                               max_images=max_images if max_images is not None else vs.get("max_images"),
+                               prefix=prefix or "", ignore_unlabeled=bool(vs.get("ignore_unlabeled", False)),
+                               resize_mode=model.resize_mode)
+
+
 def evaluate_run(run_dir: Path, data_root: Path | None = None, splits: tuple[str, ...] = REFER_SPLITS,
-                 max_images: int | None = None) -> dict:
+                 max_images: int | None = None, semantic: bool = True) -> dict:
     import torch
     import yaml
 
@@ -52,6 +106,7 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, splits: tuple[str
         raise FileNotFoundError(f"{str(final)!r} has no exported model (config.json): is the training run finished?")
     cfg_file = run_dir / "config_resolved.yaml"
     cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
+    explicit_root = data_root is not None
     if data_root is None:
         if cfg is None or not (cfg.get("data") or {}).get("root"):
             raise ValueError(f"no data root: {str(cfg_file)!r} is missing or has no data.root; pass --data")
@@ -81,6 +136,14 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, splits: tuple[str
             parts.append(scores)
             print(f"{name}: cIoU {results[name]['ciou']:.4f} (union {baselines['union'][name]['ciou']:.4f})",
                   flush=True)
+    sem = _semantic_dataset(cfg, data_root if explicit_root else None, model, max_images) \
+        if semantic else None
+    if sem is not None:  # e.g. ade20k|semantic|val (Tab. 6): not part of the per-type pooling
+        results[sem.name] = evaluate(model, tokenizer, sem, progress=False)
+        for answer, m in semantic_baselines(sem).items():
+            baselines[answer][sem.name] = m
+        print(f"{sem.name}: cIoU {results[sem.name]['ciou']:.4f} (union {baselines['union'][sem.name]['ciou']:.4f})",
+              flush=True)
     pooled = merge_scores(parts)
     results["baselines"] = baselines
     results["by_type"] = {answer: {t: m.compute() for t, m in by_type.items()} for answer, by_type in pooled.items()}
@@ -96,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None, help="data root (default: the run's data.root)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/pilot_eval)")
     p.add_argument("--max-images", type=int, default=None, help="first N images of each split")
+    p.add_argument("--no-semantic", action="store_true", help="skip the run's semantic val split (data.val_semantic)")
     args = p.parse_args(argv)
-    results = evaluate_run(args.run_dir, args.data, max_images=args.max_images)
+    results = evaluate_run(args.run_dir, args.data, max_images=args.max_images, semantic=not args.no_semantic)
     out = args.out or args.run_dir / "pilot_eval"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import evf_sam.config  # noqa: F401  (registers the schemas)
+from evf_sam.paper_numbers import REFER_SPLITS
 from evf_sam.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +37,9 @@ def _rows(experiment: str):
         return base, [compose("train", overrides=[f"+experiment={experiment}", f"{key}={v}"]) for v in values]
 
 
-def test_every_table_but_6_has_a_pilot():
-    # Tab. 2 compares published methods; Tab. 6 needs semantic-segmentation data (not generated yet)
-    assert PILOTS == ["pilot_table1", "pilot_table3", "pilot_table4", "pilot_table5", "pilot_table7"]
+def test_every_table_but_2_has_a_pilot():
+    # Tab. 2 compares published methods (no configuration of ours but the main run)
+    assert PILOTS == ["pilot_table1", "pilot_table3", "pilot_table4", "pilot_table5", "pilot_table6", "pilot_table7"]
 
 
 # The paper rows of each pilot (every row the paper has that a tiny model can stand for)
@@ -46,6 +47,7 @@ PILOT_ROWS = {
     "table1": ["Tab. 1, row 1", "Tab. 1, row 2", "Tab. 1, row 3", "Tab. 1, row 4"],
     "table3": ["Tab. 3, row 1", "Tab. 3, row 10", "Tab. 3, row 11", "Tab. 3, row 12", "Tab. 3, row 13",
                "Tab. 3, row 2", "Tab. 3, row 7", "Tab. 3, row 8", "Tab. 3, row 9"],
+    "table6": ["Tab. 6, row 1", "Tab. 6, row 2", "Tab. 6, row 3", "Tab. 6, row 4"],
     "table7": ["Tab. 7, row 1", "Tab. 7, row 2", "Tab. 7, row 4", "Tab. 7, row 5", "hustvl/EVF-SAM README"],
 }
 
@@ -119,6 +121,73 @@ def test_pilot_table1_sweep_eval_and_table_end_to_end(tmp_path, capsys):
     early_row = next(x for x in lines if "| BEiT-3, text + image (early fusion) |" in x)
     assert f"| {ours['text']} | 65.1 |" in text_row and f"| {ours['early']} | 83.7 |" in early_row
     assert any("text-blind baseline: union" in x for x in lines)
+
+
+@pytest.mark.slow
+def test_pilot_table6_generates_its_data_and_reports_ade20k_val_end_to_end(tmp_path, capsys):
+    """`train.py +experiment=pilot_table6` (rows 1 and 4: RES only, + ADE20K + Mapillary; 3 steps, toy data
+    generated on first use: synthetic REFER + ADE20K / Mapillary trees) -> eval_pilot.py (eight splits + ADE20K
+    val) -> make_table.py: the Tab. 6 pilot with an ADE20K val number per row beside the paper's. (Rows 2 and 3
+    differ only in extra_data rates: test_pilot_rows_are_distinct_paper_rows_on_tiny_models.)"""
+    import numpy as np
+    from PIL import Image
+
+    from evf_sam.data.semantic import ADE20K_CLASSES
+    from evf_sam.tokenizer import load_tokenizer, semantic_token_id
+
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    rows = ["res", "res_ade20k_mapillary"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "+experiment=pilot_table6", f"data.root={data}",
+           "data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
+           "data.synthetic.image_size=48", "data.synthetic_semantic.num_train=4", "data.synthetic_semantic.num_val=2",
+           "data.synthetic_semantic.image_size=48", "data.val.max_images=1", "data.val_semantic.max_images=1",
+           "trainer.total_steps=3", "trainer.micro_batch_size=2", "trainer.log_every=1", "data.num_workers=0",
+           f"run_dir={runs}/${{extra_data.name}}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+           f"extra_data={','.join(rows)}"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert sorted(d.name for d in runs.iterdir()) == rows
+    # the semantic trees were generated into the data root, in the release layouts
+    labels = sorted((data / "ADEChallengeData2016" / "annotations" / "validation").glob("*.png"))
+    assert len(labels) == 2 and len(list((data / "ADEChallengeData2016" / "images" / "training").glob("*.jpg"))) == 4
+    assert len(list((data / "mapillary" / "training" / "images").glob("*.jpg"))) == 4
+    for row in rows:
+        res = json.loads((runs / row / "results.json").read_text())
+        assert res["finished"] and res["step"] == 3 and res["axes"]["extra_data"] == row
+        # the [semantic] token only where semantic data trains (ADE20K val asks every row with it, as official)
+        tok = load_tokenizer(runs / row / "final")
+        assert (semantic_token_id(tok) is not None) == (row != "res")
+        assert res["ade20k|semantic|val"]["n_expressions"] > 0  # validated during training too
+    eval_pilot = _load("eval_pilot")
+    for row in rows:
+        assert eval_pilot.main([str(runs / row), "--max-images", "1"]) == 0
+    # ADE20K val as the official protocol: one expression per class present, "other" pixels background
+    raw = [np.asarray(Image.open(f)) for f in labels[:1]]  # --max-images 1
+    n_expr = sum(len(np.unique(r[r > 0])) for r in raw)
+    union = sum(int((r > 0).sum()) for r in raw) / sum(len(np.unique(r[r > 0])) * r.size for r in raw)
+    assert {ADE20K_CLASSES[v - 1] for r in raw for v in np.unique(r)} <= {"sky", "floor", "ball", "box", "tent"}
+    ours = {}
+    for row in rows:
+        res = json.loads((runs / row / "pilot_eval" / "results.json").read_text())
+        ade = res["ade20k|semantic|val"]
+        assert ade["n_expressions"] == n_expr and ade["n_images"] == 1 and 0.0 <= ade["ciou"] <= 1.0
+        assert res["baselines"]["union"]["ade20k|semantic|val"]["ciou"] == pytest.approx(union)
+        assert [k for k in res if "|" in k] == [*REFER_SPLITS, "ade20k|semantic|val"]
+        ours[row] = f"{100 * ade['ciou']:.1f}"
+    capsys.readouterr()
+    make_table = _load("make_table")
+    assert make_table.main([str(runs / r / "pilot_eval") for r in rows]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("### Tab. 6 - extra semantic-segmentation data")
+    lines = [x for x in out.splitlines() if x.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    col = header.index("ADE20K val")
+    for row, label, paper in (("res", "RefCOCO/+/g only", "54.2"), ("res_ade20k_mapillary", "+ ADE20K + Mapillary",
+                                                                    "76.1")):
+        cells = {c[2]: c for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in lines[2:])
+                 if c[0] == row and c[1] == label}
+        assert cells["ours"][col] == ours[row] and cells["paper"][col] == paper
 
 
 TOY = ["data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.synthetic.num_test=2",

@@ -91,6 +91,16 @@ def prepare_data(data: DataConfig) -> dict[str, Any]:
             stats = make_synthetic_refer(root, **kwargs)
             logger.info("synthetic REFER data in %s (%s)", root, "reused" if stats.get("reused") else "generated")
         D.barrier()
+    if data.synthetic_semantic.generate:
+        root = _semantic_root(data)
+        if D.is_main():  # idempotent: complete trees with the same parameters are reused
+            from evf_sam.data.synthetic_semantic import make_synthetic_semantic
+
+            kwargs = {k: v for k, v in dataclasses.asdict(data.synthetic_semantic).items()
+                      if k != "generate" and v is not None}
+            stats = make_synthetic_semantic(root, **kwargs)
+            logger.info("synthetic ADE20K / Mapillary data in %s (%s)", root, "reused" if stats["reused"] else "generated")
+        D.barrier()
     if refer_sources(data) or not semantic_specs(data):
         check_refer_root(data.root, refer_sources(data))
     semantic_readers(data)  # ADE20K / Mapillary layout (FileNotFoundError naming the path), before any model
@@ -99,11 +109,17 @@ def prepare_data(data: DataConfig) -> dict[str, Any]:
 
 def tokenizer_corpus(data: DataConfig) -> list[str]:
     """Sentences of the data root a tiny tokenizer is trained on besides `testing.TINY_SENTENCES`
-    (the synthetic generator's ``refer_seg/sentences.txt``; none for other data)."""
+    (the synthetic generator's ``refer_seg/sentences.txt``, and the class names of generated synthetic
+    semantic data, whether a run trains on them or not; none for other data)."""
     if data.kind != "refer":
         return []
     corpus = Path(data.root) / "refer_seg" / "sentences.txt"
-    return [x for x in corpus.read_text().splitlines() if x.strip()] if corpus.is_file() else []
+    out = [x for x in corpus.read_text().splitlines() if x.strip()] if corpus.is_file() else []
+    if data.synthetic_semantic.generate:
+        from evf_sam.data.synthetic_semantic import synthetic_semantic_class_names
+
+        out += synthetic_semantic_class_names()
+    return out
 
 
 # -- semantic-segmentation data (paper Tab. 6; configs/data/refer_mix_semantic.yaml) ---------------
