@@ -65,26 +65,24 @@ def semantic_baselines(dataset) -> dict[str, dict]:
 
 def _semantic_dataset(cfg: dict | None, data_root: Path | None, model, max_images: int | None):
     """The run's ``data.val_semantic`` split as a `SemanticEvalDataset`, or None without one."""
+    from evf_sam.config import ReferDataConfig, typed
+    from evf_sam.data.build import val_semantic_prefix
     from evf_sam.data.eval_dataset import SemanticEvalDataset
     from evf_sam.data.semantic import build_semantic_reader
-    from evf_sam.tokenizer import SEMANTIC_PREFIX
 
-    data = (cfg or {}).get("data") or {}
-    vs = data.get("val_semantic")
-    if not vs:
+    data_cfg = (cfg or {}).get("data") or {}
+    if not data_cfg.get("val_semantic"):
         return None
-    root = data_root or vs.get("root") or data.get("semantic_root") or data.get("root")
-    kw = {"version": vs["version"]} if vs["dataset"] == "mapillary" and vs.get("version") else {}
-    reader = build_semantic_reader(vs["dataset"], root, vs["split"], **kw)
-    prefix = vs.get("prefix")
-    if prefix == "auto":  # the older protocol: the training prefix if semantic data was trained on, else none
-        trained = any(s and s.get("rate", 0) > 0 for s in (data.get("semantic_sources") or {}).values())
-        prefix = (data.get("semantic_prefix") or SEMANTIC_PREFIX) if trained else ""
+    data = typed(data_cfg, ReferDataConfig)  # the training run's data config, as its validation read it
+    vs = data.val_semantic
+    root = data_root or vs.root or data.semantic_root or data.root
+    kw = {"version": vs.version} if vs.dataset == "mapillary" else {}
+    reader = build_semantic_reader(vs.dataset, root, vs.split, **kw)
     # Official protocol: every model is asked "[semantic] <class>"; one whose tokenizer lacks the token (a RES-only
     # row) reads it as ordinary pieces (zero-shot), as official utils/dataset.py does.
     return SemanticEvalDataset(reader, sam_size=model.sam_image_size, beit_size=model.beit_image_size,
-                               max_images=max_images if max_images is not None else vs.get("max_images"),
-                               prefix=prefix or "", ignore_unlabeled=bool(vs.get("ignore_unlabeled", False)),
+                               max_images=max_images if max_images is not None else vs.max_images,
+                               prefix=val_semantic_prefix(data), ignore_unlabeled=vs.ignore_unlabeled,
                                resize_mode=model.resize_mode)
 
 
