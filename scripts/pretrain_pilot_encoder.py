@@ -7,7 +7,11 @@ starts from random weights. This gives the tiny encoder the same two image-text 
 
 - masked language modelling with the image in the sequence (one text token per expression replaced by
   ``<mask>``, predicted from its fused hidden state; BEiT-3's image-text masked data modelling);
-- image-text matching on the fused vision [CLS] (half of the expressions paired with another image).
+- image-text matching on the fused vision [CLS] (half of the expressions paired with another image,
+  `itm_pairs`);
+- with ``--cls-mlm``: the fused vision [CLS] also predicts the masked word (matched pairs), so the read-out
+  that prompts SAM under early fusion is itself trained to combine the text with the image (MLM alone
+  trains only the masked text position; the [CLS] gets no other signal when ITM stays at chance).
 
 Then every fusion variant of the pilot fine-tunes from the same weights (``model.encoder_checkpoint``)::
 
@@ -31,8 +35,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def itm_pairs(image_index, n_images: int, gen):
+    """Image-text matching pairs: (N,) image index each expression is shown with, (N,) 1 = its own image.
+
+    Half of the expressions (N // 2, chosen at random) see another image of the batch: an expression of
+    image i is written for i, so any other image j != i is a negative (a few may still fit by chance,
+    e.g. "the red one" where j has a single red shape too). Needs n_images >= 2."""
+    import torch
+
+    n = image_index.shape[0]
+    match = torch.ones(n, dtype=torch.long)
+    swap = torch.randperm(n, generator=gen)[: n // 2]
+    seen = image_index.clone()
+    seen[swap] = (image_index[swap] + torch.randint(1, n_images, (len(swap),), generator=gen)) % n_images
+    match[swap] = 0
+    return seen, match
+
+
 def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr: float, seed: int,
-             log_every: int = 50) -> dict:
+             log_every: int = 50, cls_mlm: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
     from hydra import compose, initialize_config_dir
@@ -56,8 +77,8 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
         raise ValueError(f"encoder {model_cfg.encoder!r} is not a BEiT-3")
     ds = build_train_dataset(data, model, tokenizer, seed=seed, with_sam_images=False)
     width, vocab = enc.config.embed_dim, len(tokenizer)
-    mlm_head, itm_head = torch.nn.Linear(width, vocab), torch.nn.Linear(width, 2)
-    params = [*enc.parameters(), *mlm_head.parameters(), *itm_head.parameters()]
+    mlm_head, itm_head, cls_head = torch.nn.Linear(width, vocab), torch.nn.Linear(width, 2), torch.nn.Linear(width, vocab)
+    params = [*enc.parameters(), *mlm_head.parameters(), *itm_head.parameters(), *(cls_head.parameters() if cls_mlm else [])]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps))
     gen = torch.Generator().manual_seed(seed)
@@ -68,20 +89,13 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
         batch = ds.collate([ds[step * batch_size + j] for j in range(batch_size)])
         ids, pad = batch.text_ids.clone(), batch.text_padding_mask
         n = ids.shape[0]
-        images = batch.beit_images[batch.image_index]  # (N, 3, S, S)
         # one maskable position per expression: not <s>, </s> or padding
         lengths = (~pad).sum(1)
         pos = 1 + (torch.rand(n, generator=gen) * (lengths - 2).clamp(min=1)).long()
         target = ids[torch.arange(n), pos]
         ids[torch.arange(n), pos] = tokenizer.mask_token_id
-        # image-text matching: the second half sees another image of the batch
-        match = torch.ones(n, dtype=torch.long)
-        swap = torch.randperm(n, generator=gen)[: n // 2]
-        shifted = batch.image_index.roll(1)
-        other = batch.image_index[swap] != shifted[swap]
-        swap = swap[other]
-        images[swap] = batch.beit_images[shifted[swap]]
-        match[swap] = 0
+        seen, match = itm_pairs(batch.image_index, batch.beit_images.shape[0], gen)
+        images = batch.beit_images[seen]
         out_ = BEiT3.forward(enc, text_ids=ids, text_padding_mask=pad, image=images)
         s = out_.multiway_split_position
         text_h = out_.hidden[:, s:]
@@ -90,12 +104,18 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
         mlm = F.cross_entropy(mlm_logits, target)
         itm = F.cross_entropy(itm_logits, match)
         loss = mlm + itm
+        if cls_mlm:  # the vision [CLS] also predicts the masked word (matched pairs only): it must read both
+            keep = match.bool()
+            cls_logits = cls_head(out_.hidden[keep, 0])
+            cmlm = F.cross_entropy(cls_logits, target[keep])
+            loss = loss + cmlm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        hist.append({"mlm": mlm.item(), "itm": itm.item(),
+        hist.append({"mlm": mlm.item(), "itm": itm.item(), **({"cls_mlm": cmlm.item(), "cls_mlm_acc": (
+                         cls_logits.argmax(-1) == target[keep]).float().mean().item()} if cls_mlm else {}),
                      "mlm_acc": (mlm_logits.argmax(-1) == target).float().mean().item(),
                      "itm_acc": (itm_logits.argmax(-1) == match).float().mean().item()})
         if (step + 1) % log_every == 0:
@@ -106,7 +126,8 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
     state = {f"beit3.{k}": v.detach().clone() for k, v in BEiT3.state_dict(enc).items()}
     torch.save({"model": state}, out / "encoder.pth")
     last = hist[-min(len(hist), 100):]
-    summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "overrides": overrides,
+    summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "cls_mlm": cls_mlm,
+               "overrides": overrides,
                "vocab_size": vocab, "tokenizer": str(tok_dir), "seconds": round(time.time() - t0, 1),
                "final": {k: sum(h[k] for h in last) / len(last) for k in last[0]}}
     atomic_write_text(out / "pretrain.json", json.dumps(summary, indent=1) + "\n")
@@ -122,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--cls-mlm", action="store_true",
+                   help="the fused vision [CLS] also predicts the masked word (trains the early-fusion read-out)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     s = pretrain(args.out, args.overrides, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                 log_every=args.log_every)
+                 log_every=args.log_every, cls_mlm=args.cls_mlm)
     print(json.dumps(s["final"]), f"vocab_size={s['vocab_size']}", f"wrote {args.out / 'encoder.pth'}")
     return 0
 

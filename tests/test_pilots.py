@@ -258,8 +258,10 @@ def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
     pre = _load("pretrain_pilot_encoder")
     out = tmp_path / "pt"
     out.mkdir()
-    s = pre.pretrain(out, ["+experiment=pilot_base", *toy], steps=2, batch_size=2, lr=1e-3, seed=0, log_every=1)
-    assert s["steps"] == 2 and set(s["final"]) == {"mlm", "itm", "mlm_acc", "itm_acc"}
+    s = pre.pretrain(out, ["+experiment=pilot_base", *toy], steps=2, batch_size=2, lr=1e-3, seed=0, log_every=1,
+                     cls_mlm=True)
+    assert s["steps"] == 2 and s["cls_mlm"]
+    assert set(s["final"]) == {"mlm", "itm", "mlm_acc", "itm_acc", "cls_mlm", "cls_mlm_acc"}
     saved = torch.load(out / "encoder.pth", weights_only=True)["model"]
     assert saved and all(k.startswith("beit3.") for k in saved)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -272,3 +274,18 @@ def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
     mine = model.encoder.state_dict()
     assert set(mine) == {k[len("beit3."):] for k in saved}
     assert all(torch.equal(mine[k[len("beit3."):]], v) for k, v in saved.items())
+
+
+def test_pretraining_itm_negatives_are_half_and_show_another_image():
+    """Image-text matching in scripts/pretrain_pilot_encoder.py: with k expressions per image, half of
+    the expressions (not ~1/4, as when a neighbour of the same image was taken as the negative) see an
+    image that is not their own; the others see their own image."""
+    import torch
+
+    pre = _load("pretrain_pilot_encoder")
+    image_index = torch.arange(16).repeat_interleave(2)  # 16 images, 2 expressions each (sentences_per_image)
+    seen, match = pre.itm_pairs(image_index, 16, torch.Generator().manual_seed(0))
+    assert int((match == 0).sum()) == 16
+    assert torch.equal(seen[match == 1], image_index[match == 1])
+    assert bool((seen[match == 0] != image_index[match == 0]).all())
+    assert int(seen.min()) >= 0 and int(seen.max()) < 16
