@@ -164,7 +164,8 @@ _TEXT_PROMPT_ENCODER: type | None = None
 
 def _text_prompt_encoder_class() -> type:
     """sam2's ``PromptEncoder`` whose forward also takes a text prompt (``self.text_embeds``, (1, 1, C)),
-    as the vendored EVF-SAM2 ``PromptEncoder.forward(..., text_embeds)``: with a text prompt the points
+    as the vendored EVF-SAM2 ``PromptEncoder.forward(..., text_embeds)`` ((B, 1, C) for B objects,
+    `evf_sam.engine.video_tracking`): with a text prompt the points
     are dropped (not padded with a "not a point"), the text embedding is appended to the empty sparse
     embedding; the dense embedding is unchanged (``no_mask_embed`` without a mask input)."""
     global _TEXT_PROMPT_ENCODER
@@ -175,7 +176,8 @@ def _text_prompt_encoder_class() -> type:
             if self.text_embeds is None:
                 return PromptEncoder.forward(self, points, boxes, masks)
             sparse, dense = PromptEncoder.forward(self, None, None, masks)
-            return torch.cat([sparse, self.text_embeds.to(sparse.dtype)], dim=1), dense
+            text = self.text_embeds.to(sparse.dtype)  # (B, 1, C): B objects (training tracks B clips)
+            return torch.cat([sparse.expand(text.shape[0], -1, -1), text], dim=1), dense
 
         _TEXT_PROMPT_ENCODER = type("TextPromptEncoder", (PromptEncoder,), {"forward": forward,
                                                                            "__module__": __name__})

@@ -60,7 +60,7 @@ import numpy as np
 from evf_sam.data.refer import IMAGE_DIRS, atomic_write_bytes, refer_dir, write_refer
 
 __all__ = ["COLOURS", "DIFFICULTIES", "EXPRESSION_TYPES", "GREF_IMAGE_ID0", "GROUNDED_COLOURS", "SHAPES",
-           "expression_types", "grounded_candidates", "grounded_sentences", "make_synthetic_refer",
+           "expression_types", "grounded_candidates", "grounded_sentences", "make_synthetic_refer", "shape_mask",
            "synthetic_grefcoco_sentences", "synthetic_sentences", "MANIFEST", "main"]
 
 MANIFEST = "_SYNTHETIC_DONE.json"
@@ -443,6 +443,15 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[float]:
     return [round(v, 2) for p in pts for v in p]
 
 
+def shape_mask(shape: str, cx: float, cy: float, r: float, height: int, width: int) -> np.ndarray:
+    """The pixels of a `SHAPES` shape of radius ``r`` centred at (cx, cy): its polygon (`_polygon`)
+    rasterised by pycocotools, as the annotations are decoded. -> (height, width) uint8 in {0, 1}."""
+    from pycocotools import mask as mask_utils
+
+    poly = _polygon(shape, cx, cy, r)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], height, width)))
+
+
 def _scene(rng: np.random.Generator, image_size: int, min_objects: int, max_objects: int,
            colour_names: tuple[str, ...] = tuple(COLOURS), shapes: tuple[str, ...] = SHAPES,
            repeat_colours: bool = False) -> tuple[int, int, list]:
@@ -523,7 +532,6 @@ def _write_grefcoco(root: str | Path, img_dir: Path, *, seed: int, num_train: in
     """Scenes with repeatable colours, their images, and ``grefcoco/{instances.json, grefs(unc).json}``.
     Returns (per-split stats, sentences, number of images)."""
     from PIL import Image
-    from pycocotools import mask as mask_utils
 
     from evf_sam.data.grefer import NO_TARGET, write_grefer
 
@@ -541,7 +549,7 @@ def _write_grefcoco(root: str | Path, img_dir: Path, *, seed: int, num_train: in
         objects = []  # (ann_id, colour, shape)
         for colour, shape, cx, cy, r in objs:
             poly = _polygon(shape, cx, cy, r)
-            m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], h, w)))
+            m = shape_mask(shape, cx, cy, r, h, w)
             canvas[m.astype(bool)] = COLOURS[colour]
             ys, xs = np.nonzero(m)
             bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
@@ -673,7 +681,6 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     from PIL import Image
-    from pycocotools import mask as mask_utils
 
     params = dict(version=_VERSION, seed=int(seed), num_train=int(num_train), num_val=int(num_val),
                   num_test=int(num_test), image_size=int(image_size), min_objects=int(min_objects),
@@ -725,7 +732,7 @@ def make_synthetic_refer(root: str | Path, *, seed: int = 0, num_train: int = 10
         polys, masks = [], []
         for colour, shape, cx, cy, r in objs:
             poly = _polygon(shape, cx, cy, r)
-            m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], h, w)))
+            m = shape_mask(shape, cx, cy, r, h, w)
             canvas[m.astype(bool)] = COLOURS[colour]
             polys.append(poly)
             masks.append(m)

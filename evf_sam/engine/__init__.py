@@ -13,4 +13,5 @@ by evf_sam.config).
     evf_sam.engine.embedding_cache  frozen SAM image-embedding cache
     evf_sam.engine.distributed      process group set-up (torchrun or a 1-rank group)
     evf_sam.engine.evaluate         evaluation loop (scripts/eval_refcoco.py and validation)
+    evf_sam.engine.video_tracking   EVF-SAM2's SAM-2 memory path trained on text-prompted clips
 """
