@@ -36,8 +36,6 @@ __all__ = ["CLIP_SPECIALS", "VILT_SPECIALS", "make_tiny_tokenizer", "tokenizer_f
 
 CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 VILT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-# The files that make up each family's tokenizer directory (the first one is the marker).
-_FILES = {"beit3": ("sentencepiece.bpe.model",), "clip": ("vocab.json", "merges.txt"), "vilt": ("vocab.txt",)}
 # CLIP's pre-tokenisation of lowercased text (letters runs, single digits, other non-space runs); the
 # ``'s|'t|...`` contractions of the release's pattern never occur in the synthetic sentences.
 _CLIP_WORDS = re.compile(r"[^\W\d_]+|\d|[^\s\w]+")
@@ -52,7 +50,9 @@ def _family(encoder: str) -> str:
 
 def tokenizer_files(encoder: str) -> tuple[str, ...]:
     """The files of ``encoder``'s tokenizer directory (sentencepiece.bpe.model | vocab.json + merges.txt | vocab.txt)."""
-    return _FILES[_family(encoder)]
+    from evf_sam.models.checkpoint import TOKENIZER_KIND_FILES
+
+    return TOKENIZER_KIND_FILES[_family(encoder)]
 
 
 def tokenizer_files_present(encoder: str, path: str | Path) -> bool:

@@ -65,25 +65,20 @@ def semantic_baselines(dataset) -> dict[str, dict]:
 
 def _semantic_dataset(cfg: dict | None, data_root: Path | None, model, max_images: int | None):
     """The run's ``data.val_semantic`` split as a `SemanticEvalDataset`, or None without one."""
+    import dataclasses
+
     from evf_sam.config import ReferDataConfig, typed
-    from evf_sam.data.build import val_semantic_prefix
-    from evf_sam.data.eval_dataset import SemanticEvalDataset
-    from evf_sam.data.semantic import build_semantic_reader
+    from evf_sam.data.build import val_semantic_dataset
 
     data_cfg = (cfg or {}).get("data") or {}
     if not data_cfg.get("val_semantic"):
         return None
     data = typed(data_cfg, ReferDataConfig)  # the training run's data config, as its validation read it
-    vs = data.val_semantic
-    root = data_root or vs.root or data.semantic_root or data.root
-    kw = {"version": vs.version} if vs.dataset == "mapillary" else {}
-    reader = build_semantic_reader(vs.dataset, root, vs.split, **kw)
+    if data_root is not None:  # --data replaces the semantic root too
+        data = dataclasses.replace(data, val_semantic=dataclasses.replace(data.val_semantic, root=str(data_root)))
     # Official protocol: every model is asked "[semantic] <class>"; one whose tokenizer lacks the token (a RES-only
     # row) reads it as ordinary pieces (zero-shot), as official utils/dataset.py does.
-    return SemanticEvalDataset(reader, sam_size=model.sam_image_size, beit_size=model.beit_image_size,
-                               max_images=max_images if max_images is not None else vs.max_images,
-                               prefix=val_semantic_prefix(data), ignore_unlabeled=vs.ignore_unlabeled,
-                               resize_mode=model.resize_mode)
+    return val_semantic_dataset(data, model, max_images=max_images)
 
 
 def evaluate_run(run_dir: Path, data_root: Path | None = None, splits: tuple[str, ...] = REFER_SPLITS,

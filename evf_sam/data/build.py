@@ -176,11 +176,31 @@ def semantic_readers(data: ReferDataConfig, *, val: bool = True) -> dict[str, An
     for spec in semantic_specs(data):
         kw = {"version": spec.version} if spec.dataset == "mapillary" else {}
         out[spec.name] = build_semantic_reader(spec.dataset, spec.root, spec.split, **kw)
-    vs = data.val_semantic
-    if val and vs is not None:
-        kw = {"version": vs.version} if vs.dataset == "mapillary" else {}
-        out["val"] = build_semantic_reader(vs.dataset, vs.root or _semantic_root(data), vs.split, **kw)
+    if val and data.val_semantic is not None:
+        out["val"] = _val_semantic_reader(data)
     return out
+
+
+def _val_semantic_reader(data: ReferDataConfig):
+    """The reader of ``data.val_semantic`` (root: its own, else ``data.semantic_root``, else ``data.root``)."""
+    from evf_sam.data.semantic import build_semantic_reader
+
+    vs = data.val_semantic
+    kw = {"version": vs.version} if vs.dataset == "mapillary" else {}
+    return build_semantic_reader(vs.dataset, vs.root or _semantic_root(data), vs.split, **kw)
+
+
+def val_semantic_dataset(data: ReferDataConfig, model, *, max_images: int | None = None):
+    """``data.val_semantic`` as a `SemanticEvalDataset` for ``model`` (validation; scripts/eval_pilot.py).
+    max_images: None keeps ``data.val_semantic.max_images``."""
+    from evf_sam.data.eval_dataset import SemanticEvalDataset
+
+    vs = data.val_semantic
+    return SemanticEvalDataset(_val_semantic_reader(data), sam_size=model.sam_image_size,
+                               beit_size=model.beit_image_size,
+                               max_images=vs.max_images if max_images is None else max_images,
+                               prefix=val_semantic_prefix(data), ignore_unlabeled=vs.ignore_unlabeled,
+                               resize_mode=model.resize_mode)
 
 
 def check_semantic_tokenizer(data: DataConfig, model, tokenizer) -> None:
@@ -253,13 +273,6 @@ def build_val_splits(data: DataConfig, model, tokenizer, *, seed: int) -> list[V
             batch_size=val.batch_size))
     vs = data.val_semantic if data.kind == "refer" else None
     if vs is not None:
-        from evf_sam.data.eval_dataset import SemanticEvalDataset
-
         check_semantic_tokenizer(data, model, tokenizer)
-        splits.append(ValidationSplit(
-            SemanticEvalDataset(semantic_readers(data)["val"], sam_size=model.sam_image_size,
-                                beit_size=model.beit_image_size, max_images=vs.max_images,
-                                prefix=val_semantic_prefix(data), ignore_unlabeled=vs.ignore_unlabeled,
-                                resize_mode=model.resize_mode),
-            batch_size=vs.batch_size))
+        splits.append(ValidationSplit(val_semantic_dataset(data, model), batch_size=vs.batch_size))
     return splits

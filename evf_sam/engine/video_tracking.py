@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -53,6 +53,7 @@ from torch import Tensor
 
 from evf_sam.engine.losses import dice_loss, sigmoid_ce_loss
 from evf_sam.engine.optim import apply_trainable, build_optimizer, build_scheduler
+from evf_sam.metrics import intersection_union
 
 __all__ = ["VIDEO_TRAINABLE", "ClipFeatures", "VideoLossWeights", "encode_clip_frames", "track_clips",
            "train_video_tracking", "video_tracking_loss"]
@@ -172,7 +173,7 @@ def track_clips(model, feats: Sequence[ClipFeatures], text_ids: Tensor, text_pad
             _, vision_feats, vision_pos, sizes = sam._prepare_backbone_features(
                 {"backbone_fpn": fpn, "vision_pos_enc": pos})
             decoded.clear()
-            with _text_prompt(sam, text) if t == 0 else _no_prompt():
+            with _text_prompt(sam, text) if t == 0 else nullcontext():
                 current, sam_out, _, _ = sam._track_step(
                     frame_idx=t, is_init_cond_frame=t == 0, current_vision_feats=vision_feats,
                     current_vision_pos_embeds=vision_pos, feat_sizes=sizes, point_inputs=None, mask_inputs=None,
@@ -188,11 +189,6 @@ def track_clips(model, feats: Sequence[ClipFeatures], text_ids: Tensor, text_pad
     finally:
         hook.remove()
     return results
-
-
-@contextmanager
-def _no_prompt() -> Iterator[None]:
-    yield
 
 
 def video_tracking_loss(outputs: Sequence[dict[str, Tensor]], gt_masks: Tensor,
@@ -211,9 +207,7 @@ def video_tracking_loss(outputs: Sequence[dict[str, Tensor]], gt_masks: Tensor,
         parts["bce"].append(sigmoid_ce_loss(flat, gt).mean())
         parts["dice"].append(dice_loss(flat, gt).mean())
         with torch.no_grad():
-            pred = flat > 0
-            inter = (pred & (gt > 0)).flatten(1).sum(1).float()
-            union = (pred | (gt > 0)).flatten(1).sum(1).float()
+            inter, union = (x.float() for x in intersection_union(flat > 0, gt))  # gt is {0, 1}
             actual = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).view(b, k)
         parts["iou"].append(F.mse_loss(out["ious"], actual))
         parts["obj_score"].append(F.binary_cross_entropy_with_logits(out["obj_score"],

@@ -70,6 +70,7 @@ __all__ = [
     "CheckpointFileError",
     "StateDictMismatchError",
     "TOKENIZER_FILES",
+    "TOKENIZER_KIND_FILES",
     "WEIGHT_FILES",
     "check_state_dict",
     "config_from_official",
@@ -128,8 +129,10 @@ TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_
                    "added_tokens.json", "tokenizer.json",
                    "vocab.json", "merges.txt",  # CLIP byte-level BPE (Tab. 1 / 3 / 7 CLIP rows)
                    "vocab.txt")  # ViLT (BERT WordPiece)
-# One of these file sets makes a tokenizer directory: BEiT-3 sentencepiece, CLIP BPE, ViLT WordPiece.
-_TOKENIZER_KINDS = (("sentencepiece.bpe.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
+# The files that make a tokenizer directory, per encoder kind (`encoders.encoder_kind`): BEiT-3
+# sentencepiece, CLIP byte-level BPE, ViLT WordPiece.
+TOKENIZER_KIND_FILES: dict[str, tuple[str, ...]] = {"beit3": ("sentencepiece.bpe.model",),
+                                                    "clip": ("vocab.json", "merges.txt"), "vilt": ("vocab.txt",)}
 # Non-persistent `Sam` buffers (constants); official files do not have them, some exports do.
 _CONSTANT_KEYS = ("visual_model.pixel_mean", "visual_model.pixel_std")
 
@@ -519,7 +522,7 @@ def write_checkpoint_dir(path: str | Path, *, config: Mapping[str, Any], state: 
     if tokenizer_dir is not None:
         tokenizer_dir = Path(tokenizer_dir)
         tok_files = [tokenizer_dir / n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()]
-        if not any(all((tokenizer_dir / n).is_file() for n in kind) for kind in _TOKENIZER_KINDS):
+        if not any(all((tokenizer_dir / n).is_file() for n in kind) for kind in TOKENIZER_KIND_FILES.values()):
             raise FileNotFoundError(f"tokenizer dir {str(tokenizer_dir)!r} has no sentencepiece.bpe.model (BEiT-3), "
                                     f"vocab.json + merges.txt (CLIP) or vocab.txt (ViLT)")
     path.parent.mkdir(parents=True, exist_ok=True)
