@@ -77,8 +77,12 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
         raise ValueError(f"encoder {model_cfg.encoder!r} is not a BEiT-3")
     ds = build_train_dataset(data, model, tokenizer, seed=seed, with_sam_images=False)
     width, vocab = enc.config.embed_dim, len(tokenizer)
-    mlm_head, itm_head, cls_head = torch.nn.Linear(width, vocab), torch.nn.Linear(width, 2), torch.nn.Linear(width, vocab)
-    params = [*enc.parameters(), *mlm_head.parameters(), *itm_head.parameters(), *(cls_head.parameters() if cls_mlm else [])]
+    mlm_head, itm_head = torch.nn.Linear(width, vocab), torch.nn.Linear(width, 2)
+    heads = [mlm_head, itm_head]
+    if cls_mlm:  # made only when used: its init draws from the global RNG, which dropout reads next
+        cls_head = torch.nn.Linear(width, vocab)
+        heads.append(cls_head)
+    params = [*enc.parameters(), *(p for h in heads for p in h.parameters())]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps))
     gen = torch.Generator().manual_seed(seed)
