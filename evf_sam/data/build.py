@@ -174,8 +174,7 @@ def semantic_readers(data: ReferDataConfig, *, val: bool = True) -> dict[str, An
 
     out = {}
     for spec in semantic_specs(data):
-        kw = {"version": spec.version} if spec.dataset == "mapillary" else {}
-        out[spec.name] = build_semantic_reader(spec.dataset, spec.root, spec.split, **kw)
+        out[spec.name] = build_semantic_reader(spec.dataset, spec.root, spec.split, spec.version)
     if val and data.val_semantic is not None:
         out["val"] = _val_semantic_reader(data)
     return out
@@ -186,8 +185,7 @@ def _val_semantic_reader(data: ReferDataConfig):
     from evf_sam.data.semantic import build_semantic_reader
 
     vs = data.val_semantic
-    kw = {"version": vs.version} if vs.dataset == "mapillary" else {}
-    return build_semantic_reader(vs.dataset, vs.root or _semantic_root(data), vs.split, **kw)
+    return build_semantic_reader(vs.dataset, vs.root or _semantic_root(data), vs.split, vs.version)
 
 
 def val_semantic_dataset(data: ReferDataConfig, model, *, max_images: int | None = None):

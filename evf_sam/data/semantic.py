@@ -232,10 +232,11 @@ class MapillaryReader(SemanticReader):
         self.images, self.labels = _pair_files(image_dir, label_dir, f"Mapillary Vistas {split}", layout)
 
 
-def build_semantic_reader(dataset: str, root: str | Path, split: str = "training", **kwargs) -> SemanticReader:
-    """``dataset``: "ade20k" | "mapillary" (kwargs: ``version`` for Mapillary)."""
+def build_semantic_reader(dataset: str, root: str | Path, split: str = "training",
+                          version: str = "auto") -> SemanticReader:
+    """``dataset``: "ade20k" | "mapillary"; ``version``: Mapillary's (`MapillaryReader`), ADE20K has one."""
     if dataset == "ade20k":
         return ADE20KReader(root, split)
     if dataset == "mapillary":
-        return MapillaryReader(root, split, **kwargs)
+        return MapillaryReader(root, split, version)
     raise ValueError(f"semantic dataset {dataset!r}: choose ade20k or mapillary")
