@@ -289,3 +289,62 @@ def test_pretraining_itm_negatives_are_half_and_show_another_image():
     assert torch.equal(seen[match == 1], image_index[match == 1])
     assert bool((seen[match == 0] != image_index[match == 0]).all())
     assert int(seen.min()) >= 0 and int(seen.max()) < 16
+
+
+@pytest.mark.slow
+def test_pretrained_pilot_sam_is_what_fine_tuning_starts_from(tmp_path):
+    """scripts/pretrain_pilot_sam.py writes a segment-anything state dict (strict load into the tiny SAM); a pilot
+    built with model.sam_checkpoint starts from exactly those SAM weights, whatever its fusion."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from evf_sam.config import typed
+    from evf_sam.engine.build import build_model_and_tokenizer
+    from evf_sam.models.sam import build_sam
+
+    data = tmp_path / "data"
+    toy = [f"data.root={data}", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
+           "data.synthetic.image_size=48"]
+    pre = _load("pretrain_pilot_sam")
+    out = tmp_path / "pt"
+    out.mkdir()
+    s = pre.pretrain(out, ["+experiment=pilot_base", *toy], steps=2, batch_size=2, lr=1e-3, seed=0, log_every=1)
+    assert s["steps"] == 2 and s["sam_variant"] == "tiny"
+    assert set(s["final"]) == {"loss", "bce", "dice", "ciou"} and 0.0 <= s["final"]["ciou"] <= 1.0
+    saved = torch.load(out / "sam.pth", weights_only=True)
+    assert json.loads((out / "pretrain.json").read_text())["steps"] == 2
+    assert set(saved) == set(build_sam("tiny").state_dict())
+    build_sam("tiny", checkpoint=out / "sam.pth")  # strict load
+
+    for row in ("text", "early"):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("train", overrides=["+experiment=pilot_table3", f"+experiment/pilot_table3_rows={row}", *toy,
+                                              f"model.sam_checkpoint={out / 'sam.pth'}"])
+        model, _, _ = build_model_and_tokenizer(typed(cfg.model), tmp_path / f"run_{row}")
+        mine = model.sam.state_dict()
+        assert all(torch.equal(mine[k], v) for k, v in saved.items())
+
+    with pytest.raises(ValueError, match="model.sam_checkpoint"):
+        pre.pretrain(tmp_path / "again", ["+experiment=pilot_base", *toy, f"model.sam_checkpoint={out / 'sam.pth'}"],
+                     steps=1, batch_size=2, lr=1e-3, seed=0)
+
+
+def test_pilot_sam_pretraining_points_fall_inside_their_masks():
+    """scripts/pretrain_pilot_sam.py samples one point per mask, uniformly over its pixels, as (x, y) = (column,
+    row); a mask with no pixel is flagged so the loss leaves it out."""
+    import torch
+
+    pre = _load("pretrain_pilot_sam")
+    masks = torch.zeros(3, 16, 16)
+    masks[0, 2:5, 10:14] = 1  # rows 2-4, columns 10-13
+    masks[1, 12, 3] = 1  # one pixel: row 12, column 3
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        pts, has = pre.sample_points(masks, gen)
+        assert pts.shape == (3, 1, 2) and has.tolist() == [True, True, False]
+        x, y = int(pts[0, 0, 0]), int(pts[0, 0, 1])
+        assert masks[0, y, x] == 1
+        seen.add((x, y))
+        assert pts[1, 0].tolist() == [3.0, 12.0]
+    assert len(seen) == 12  # every pixel of the 3 x 4 box is drawn
