@@ -242,6 +242,12 @@ def test_tiny_clip_and_vilt_rows_train_export_and_reload(tmp_path, experiment, r
     assert all(torch.equal(p, state[n]) for n, p in trained.state_dict().items())
 
 
+def _pretraining_toy_data(tmp_path: Path) -> list[str]:
+    """Overrides for the pilot pre-training scripts' tests: 4 + 2 + 2 synthetic images of 48 px in tmp_path."""
+    return [f"data.root={tmp_path / 'data'}", "data.synthetic.num_train=4", "data.synthetic.num_val=2",
+            "data.synthetic.num_test=2", "data.synthetic.image_size=48"]
+
+
 @pytest.mark.slow
 def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
     """scripts/pretrain_pilot_encoder.py writes a BEiT-3 .pth + tokenizer; a pilot built with
@@ -252,9 +258,7 @@ def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
     from evf_sam.config import typed
     from evf_sam.engine.build import build_model_and_tokenizer
 
-    data = tmp_path / "data"
-    toy = [f"data.root={data}", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
-           "data.synthetic.image_size=48"]
+    toy = _pretraining_toy_data(tmp_path)
     pre = _load("pretrain_pilot_encoder")
     out = tmp_path / "pt"
     out.mkdir()
@@ -302,9 +306,7 @@ def test_pretrained_pilot_sam_is_what_fine_tuning_starts_from(tmp_path):
     from evf_sam.engine.build import build_model_and_tokenizer
     from evf_sam.models.sam import build_sam
 
-    data = tmp_path / "data"
-    toy = [f"data.root={data}", "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.num_test=2",
-           "data.synthetic.image_size=48"]
+    toy = _pretraining_toy_data(tmp_path)
     pre = _load("pretrain_pilot_sam")
     out = tmp_path / "pt"
     out.mkdir()
