@@ -13,7 +13,8 @@ sentence is read: the objects are the referred objects of the training split, us
 Then every fusion variant of a pilot starts from the same SAM (frozen image encoder, as EVF-SAM)::
 
     python scripts/pretrain_pilot_sam.py OUT +experiment=pilot_base data.root=data/synthetic_grounded
-    python scripts/train.py +experiment=pilot_table3 seed=0,1,2 model.sam_checkpoint=OUT/sam.pth
+    python scripts/train.py +experiment=pilot_table3 seed=0,1,2 model.sam_checkpoint=OUT/sam.pth \
+        'run_dir=runs/pilot_table3_sam/${fusion.name}_s${seed}'   # not the from-scratch runs' dirs (resume=auto)
 
 Writes ``OUT/sam.pth`` (a segment-anything state dict, what `load_sam_state_dict` reads), ``OUT/tokenizer/``
 (made by the model builder; unused by SAM) and ``OUT/pretrain.json`` (settings, final loss and the IoU of the
