@@ -59,6 +59,7 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
     from evf_sam.data.build import build_train_dataset, prepare_data, tokenizer_corpus
     from evf_sam.engine.build import build_model_and_tokenizer
     from evf_sam.engine.losses import mask_losses, upsample_logits
+    from evf_sam.models.sam import SamBackend
 
     config_dir = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -71,8 +72,9 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
     torch.manual_seed(seed)
     model, tokenizer, _ = build_model_and_tokenizer(model_cfg, out, tokenizer_sentences=tokenizer_corpus(data))
     sam = model.sam
-    if not hasattr(sam, "prompt_encoder") or not hasattr(sam, "decode_text_prompts"):
-        raise ValueError(f"SAM variant {model_cfg.sam_variant!r} is not a segment-anything SAM")
+    if not isinstance(sam, SamBackend):
+        raise ValueError(f"SAM variant {model_cfg.sam_variant!r} is not a segment-anything SAM (this script "
+                         f"pre-trains segment-anything's prompt encoder); use model.sam_variant=tiny")
     ds = build_train_dataset(data, model, tokenizer, seed=seed, with_sam_images=True)
     params = [p for p in sam.parameters()]
     for p in params:
@@ -86,6 +88,8 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
     for step in range(steps):
         batch = ds.collate([ds[(step * batch_size + j) % len(ds)] for j in range(batch_size)])
         points, has = sample_points(batch.gt_masks, gen)
+        if not bool(has.any()):  # only empty masks (no-target expressions): nothing to point at
+            continue
         labels = torch.ones(points.shape[:2], dtype=torch.long)  # foreground points
         sparse, _ = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)  # (N, 2, C)
         emb = sam.image_encoder(batch.sam_images)  # (B, C, h, w)
@@ -106,6 +110,9 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
             avg = {k: sum(h[k] for h in last) / len(last) for k in last[0]}
             print(f"step {step + 1}/{steps}: " + " ".join(f"{k} {v:.3f}" for k, v in avg.items())
                   + f" ({time.time() - t0:.0f} s)", flush=True)
+    if not hist:
+        raise ValueError("no training step had an object mask to point at (every expression has an empty target); "
+                         "pre-train on referring data with objects, e.g. +experiment=pilot_base")
     sam.eval()
     state = {k: v.detach().clone() for k, v in sam.state_dict().items()}
     buf = io.BytesIO()

@@ -329,6 +329,9 @@ def test_pretrained_pilot_sam_is_what_fine_tuning_starts_from(tmp_path):
     with pytest.raises(ValueError, match="model.sam_checkpoint"):
         pre.pretrain(tmp_path / "again", ["+experiment=pilot_base", *toy, f"model.sam_checkpoint={out / 'sam.pth'}"],
                      steps=1, batch_size=2, lr=1e-3, seed=0)
+    with pytest.raises(ValueError, match="not a segment-anything SAM"):
+        pre.pretrain(tmp_path / "again", ["+experiment=pilot_base", *toy, "model.sam_variant=efficient_sam_tiny"],
+                     steps=1, batch_size=2, lr=1e-3, seed=0)
 
 
 def test_pilot_sam_pretraining_points_fall_inside_their_masks():
