@@ -26,6 +26,10 @@ expected hit rate: the fraction of the scene's discs whose centre lies within th
     python scripts/probe_fusion.py runs/probe_fusion --fusion early_l12 --seeds 0
     python scripts/probe_fusion.py runs/probe_fusion --summary             # the table of what OUT holds
 
+``--tokenizer DIR`` reads the sentences with a pilot's sentencepiece tokenizer and ``--save-encoder`` also
+writes ``OUT/<fusion>_s<seed>_encoder.pth``, a BEiT-3 .pth that a pilot row starts from with
+``model.encoder_checkpoint`` (README: tried as the pilot encoder's pre-training; it did not help).
+
 Each run writes ``OUT/<fusion>_s<seed>.json`` (settings, training curve, scores) atomically; the table
 (mean ± sample std over seeds) covers every run in OUT, so several processes may share one OUT.
 Measured figures: README, "CPU pilots".
@@ -54,7 +58,8 @@ FUSIONS = ("text", "late", "early_l12", "early")  # the rows of paper Tab. 3 for
 
 def make_scenes(rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
     """``n`` scenes: ``images`` (n, 3, size, size) float32 in [-1, 1] (BEiT-3 normalisation, mean = std = 0.5),
-    ``text_ids`` (n, 5) long ("<s> the <colour> shape </s>"), ``centres`` (n, 4, 2) (x, y) in pixels and
+    ``sentences`` (n,) ("the <colour> shape"), ``text_ids`` (n, 5) long (them in the probe's own vocabulary,
+    `WORD_IDS`: "<s> the <colour> shape </s>"), ``centres`` (n, 4, 2) (x, y) in pixels and
     ``radii`` (n, 4) and ``colours`` (n, 4) (index into `COLOURS`) of up to 4 discs (``count`` (n,) of them are
     real; disc 0 is the named one, the only one of its colour; later discs are drawn over earlier ones)."""
     names = list(COLOURS)
@@ -79,7 +84,7 @@ def make_scenes(rng: np.random.Generator, n: int, size: int) -> dict[str, np.nda
     ids = np.stack([np.zeros(n, np.int64), np.full(n, WORD_IDS["the"]), 6 + colours[:, 0],
                     np.full(n, WORD_IDS["shape"]), np.full(n, 2)], axis=1)
     return {"images": images * 2 - 1, "text_ids": ids, "centres": centres, "radii": radii, "colours": colours,
-            "count": count}
+            "count": count, "sentences": [f"the {names[c]} shape" for c in colours[:, 0]]}
 
 
 def score(points: np.ndarray, scenes: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -101,9 +106,15 @@ def score(points: np.ndarray, scenes: dict[str, np.ndarray]) -> dict[str, dict[s
 
 
 def run_probe(fusion: str, seed: int, *, steps: int = 3000, batch_size: int = 32, lr: float = 6e-4, size: int = 32,
-              patch_size: int = 8, eval_scenes: int = 1000, log_every: int = 500, threads: int | None = None) -> dict:
+              patch_size: int = 8, eval_scenes: int = 1000, log_every: int = 500, threads: int | None = None,
+              tokenizer_dir: str | Path | None = None, save_encoder: str | Path | None = None) -> dict:
     """Trains one (fusion, seed) probe from scratch and scores it on the held-out scenes (``threads``: torch's
-    thread count while it runs, restored after)."""
+    thread count while it runs, restored after).
+
+    ``tokenizer_dir``: read the sentences with this BEiT-3 (sentencepiece) tokenizer, e.g. a pilot run's
+    ``<run_dir>/tokenizer``, instead of the probe's own 10-word vocabulary. ``save_encoder``: write the trained
+    encoder there as a BEiT-3 .pth (``{"model": {"beit3.*": ...}}``), which a pilot loads with
+    ``model.encoder_checkpoint`` (with ``model.tokenizer=<tokenizer_dir>``)."""
     import torch
 
     if fusion not in FUSIONS:
@@ -113,21 +124,28 @@ def run_probe(fusion: str, seed: int, *, steps: int = 3000, batch_size: int = 32
         torch.set_num_threads(threads)
     try:
         return _train_and_score(fusion, seed, steps=steps, batch_size=batch_size, lr=lr, size=size,
-                                patch_size=patch_size, eval_scenes=eval_scenes, log_every=log_every)
+                                patch_size=patch_size, eval_scenes=eval_scenes, log_every=log_every,
+                                tokenizer_dir=tokenizer_dir, save_encoder=save_encoder)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train_and_score(fusion: str, seed: int, *, steps: int, batch_size: int, lr: float, size: int, patch_size: int,
-                     eval_scenes: int, log_every: int) -> dict:
+                     eval_scenes: int, log_every: int, tokenizer_dir: str | Path | None,
+                     save_encoder: str | Path | None) -> dict:
+    import io
+
     import torch
     from torch import nn
 
-    from evf_sam.models.encoders import build_prompt_encoder
+    from evf_sam.atomic import atomic_write_bytes
+    from evf_sam.models.encoders import build_prompt_encoder, load_encoder_tokenizer, tokenize_for_encoder
     from evf_sam.models.projector import Projector
 
+    tokenizer = load_encoder_tokenizer("beit3_tiny", tokenizer_dir) if tokenizer_dir is not None else None
     torch.manual_seed(seed)
-    overrides = {"img_size": size, "patch_size": patch_size, "vocab_size": VOCAB_SIZE}
+    vocab = len(tokenizer) if tokenizer is not None else VOCAB_SIZE
+    overrides = {"img_size": size, "patch_size": patch_size, "vocab_size": vocab}
     if fusion == "early_l12":  # paper: early fusion in layers 1-12 of 24; the 2-layer tiny encoder: layer 1
         encoder = build_prompt_encoder("beit3_tiny", fusion="early_k", fused_layers=1, overrides=overrides)
     else:
@@ -140,9 +158,12 @@ def _train_and_score(fusion: str, seed: int, *, steps: int, batch_size: int, lr:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps))
 
     def predict(scenes: dict[str, np.ndarray]) -> torch.Tensor:  # -> (n, 2) fractions of the image side
-        ids = torch.from_numpy(scenes["text_ids"])
-        feat = encoder(text_ids=ids, text_padding_mask=torch.zeros_like(ids, dtype=torch.bool),
-                       image=torch.from_numpy(scenes["images"]))
+        if tokenizer is None:
+            ids = torch.from_numpy(scenes["text_ids"])
+            pad = torch.zeros_like(ids, dtype=torch.bool)
+        else:
+            ids, pad = tokenize_for_encoder("beit3_tiny", tokenizer, scenes["sentences"], encoder.max_text_len)
+        feat = encoder(text_ids=ids, text_padding_mask=pad, image=torch.from_numpy(scenes["images"]))
         return head(projector(feat))
 
     rng = np.random.default_rng(seed)
@@ -160,11 +181,19 @@ def _train_and_score(fusion: str, seed: int, *, steps: int, batch_size: int, lr:
         if (step + 1) % log_every == 0:
             print(f"{fusion} s{seed} step {step + 1}/{steps}: loss {statistics.fmean(curve[-log_every:]):.4f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
+    if save_encoder is not None:
+        from evf_sam.models.beit3 import BEiT3
+
+        buf = io.BytesIO()
+        torch.save({"model": {f"beit3.{k}": v.detach().clone() for k, v in BEiT3.state_dict(encoder).items()}}, buf)
+        atomic_write_bytes(Path(save_encoder), buf.getvalue())
     held_out = make_scenes(np.random.default_rng(10_000 + seed), eval_scenes, size)
     with torch.no_grad():
         points = predict(held_out).numpy() * size
     return {"fusion": fusion, "seed": seed, "encoder": "beit3_tiny", "feature": encoder.feature, "steps": steps,
             "batch_size": batch_size, "lr": lr, "size": size, "patch_size": patch_size, "eval_scenes": eval_scenes,
+            "tokenizer": None if tokenizer_dir is None else str(tokenizer_dir), "vocab_size": vocab,
+            "encoder_checkpoint": None if save_encoder is None else str(save_encoder),
             "seconds": round(time.time() - t0, 1), "final_loss": statistics.fmean(curve[-min(len(curve), 100):]),
             "curve": [statistics.fmean(curve[i:i + log_every]) for i in range(0, len(curve), log_every)],
             "scores": score(points, held_out)}
@@ -210,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--eval-scenes", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="read the sentences with this BEiT-3 tokenizer directory (e.g. a pilot run's tokenizer/)")
+    p.add_argument("--save-encoder", action="store_true",
+                   help="also write OUT/<fusion>_s<seed>_encoder.pth (a BEiT-3 .pth for model.encoder_checkpoint)")
     p.add_argument("--summary", action="store_true", help="print the table of the runs in OUT and exit")
     args = p.parse_args(argv)
     from evf_sam.atomic import atomic_write_text
@@ -219,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         for fusion in args.fusion:
             for seed in args.seeds:
                 r = run_probe(fusion, seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              eval_scenes=args.eval_scenes, threads=args.threads)
+                              eval_scenes=args.eval_scenes, threads=args.threads, tokenizer_dir=args.tokenizer,
+                              save_encoder=args.out / f"{fusion}_s{seed}_encoder.pth" if args.save_encoder else None)
                 atomic_write_text(args.out / f"{fusion}_s{seed}.json", json.dumps(r, indent=1) + "\n")
                 m = r["scores"]["model"]
                 print(f"{fusion} s{seed}: hit {m['hit']:.1f}% dist {m['dist']:.2f} px ({r['seconds']:.0f} s)",
