@@ -15,6 +15,7 @@ from evf_sam.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 @pytest.fixture(scope="module")
 def probe():
     return load_script("probe_fusion")
