@@ -27,7 +27,6 @@ Then every fusion variant of the pilot fine-tunes from the same weights (``model
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -60,11 +59,11 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
     from hydra import compose, initialize_config_dir
 
     import evf_sam.config  # noqa: F401
-    from evf_sam.atomic import atomic_write_bytes, atomic_write_text
+    from evf_sam.atomic import atomic_write_text
     from evf_sam.config import typed
     from evf_sam.data.build import build_train_dataset, prepare_data, tokenizer_corpus
     from evf_sam.engine.build import build_model_and_tokenizer
-    from evf_sam.models.beit3 import BEiT3
+    from evf_sam.models.beit3 import BEiT3, save_beit3_state_dict
 
     config_dir = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -128,10 +127,7 @@ def pretrain(out: Path, overrides: list[str], *, steps: int, batch_size: int, lr
             avg = {k: sum(h[k] for h in last) / len(last) for k in last[0]}
             print(f"step {step + 1}/{steps}: " + " ".join(f"{k} {v:.3f}" for k, v in avg.items())
                   + f" ({time.time() - t0:.0f} s)", flush=True)
-    state = {f"beit3.{k}": v.detach().clone() for k, v in BEiT3.state_dict(enc).items()}
-    buf = io.BytesIO()
-    torch.save({"model": state}, buf)
-    atomic_write_bytes(out / "encoder.pth", buf.getvalue())  # never a half-written .pth
+    save_beit3_state_dict(enc, out / "encoder.pth")
     last = hist[-min(len(hist), 100):]
     summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "cls_mlm": cls_mlm,
                "overrides": overrides,

@@ -133,12 +133,10 @@ def run_probe(fusion: str, seed: int, *, steps: int = 3000, batch_size: int = 32
 def _train_and_score(fusion: str, seed: int, *, steps: int, batch_size: int, lr: float, size: int, patch_size: int,
                      eval_scenes: int, log_every: int, tokenizer_dir: str | Path | None,
                      save_encoder: str | Path | None) -> dict:
-    import io
-
     import torch
     from torch import nn
 
-    from evf_sam.atomic import atomic_write_bytes
+    from evf_sam.models.beit3 import save_beit3_state_dict
     from evf_sam.models.encoders import build_prompt_encoder, load_encoder_tokenizer, tokenize_for_encoder
     from evf_sam.models.projector import Projector
 
@@ -182,11 +180,7 @@ def _train_and_score(fusion: str, seed: int, *, steps: int, batch_size: int, lr:
             print(f"{fusion} s{seed} step {step + 1}/{steps}: loss {statistics.fmean(curve[-log_every:]):.4f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
     if save_encoder is not None:
-        from evf_sam.models.beit3 import BEiT3
-
-        buf = io.BytesIO()
-        torch.save({"model": {f"beit3.{k}": v.detach().clone() for k, v in BEiT3.state_dict(encoder).items()}}, buf)
-        atomic_write_bytes(Path(save_encoder), buf.getvalue())
+        save_beit3_state_dict(encoder, save_encoder)
     held_out = make_scenes(np.random.default_rng(10_000 + seed), eval_scenes, size)
     with torch.no_grad():
         points = predict(held_out).numpy() * size

@@ -19,6 +19,7 @@ from evf_sam.models.beit3 import (
     BEiT3LoadError,
     build_beit3,
     load_beit3_state_dict,
+    save_beit3_state_dict,
 )
 
 GOLDEN = Path(__file__).parent / "fixtures" / "beit3_golden.pt"
@@ -354,3 +355,24 @@ def test_load_refuses_arbitrary_pickles(golden, tmp_path):
     model = BEiT3(BEiT3Config(**golden["config"]))
     with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
         load_beit3_state_dict(model, path)
+
+
+def test_saved_pth_has_the_official_layout_and_loads_strictly_into_a_fresh_model(tmp_path):
+    """save_beit3_state_dict writes {"model": {"beit3.*"}} (what load_beit3_state_dict and the official
+    BEiT-3 .pth use); a fresh model loads it strictly and ends up with identical tensors; an adapter
+    subclass (the prompt encoder) writes the same torchscale names."""
+    from evf_sam.models.encoders import build_prompt_encoder
+
+    torch.manual_seed(0)
+    src = build_beit3("beit3_tiny")
+    path = save_beit3_state_dict(src, tmp_path / "enc.pth")
+    obj = torch.load(path, weights_only=True)
+    assert list(obj) == ["model"] and set(obj["model"]) == {f"beit3.{k}" for k in src.state_dict()}
+    torch.manual_seed(1)
+    dst = build_beit3("beit3_tiny")
+    result = load_beit3_state_dict(dst, path)
+    assert result.ignored == [] and all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
+    adapter = build_prompt_encoder("beit3_tiny", fusion="late")
+    saved = torch.load(save_beit3_state_dict(adapter, tmp_path / "adapter.pth"), weights_only=True)["model"]
+    assert set(saved) == set(obj["model"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.pth", "enc.pth"]  # no temporary file left

@@ -56,6 +56,7 @@ __all__ = [
     "BEiT3Output",
     "build_beit3",
     "load_beit3_state_dict",
+    "save_beit3_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -440,6 +441,23 @@ class BEiT3LoadError(RuntimeError):
 class BEiT3LoadResult:
     loaded: list[str]  # model keys that were filled
     ignored: list[str] = field(default_factory=list)  # checkpoint keys outside ``beit3.*``
+
+
+def save_beit3_state_dict(model: BEiT3, path: str | Path, *, prefix: str = "beit3.") -> Path:
+    """Writes ``model``'s weights in the official BEiT-3 ``.pth`` layout that `load_beit3_state_dict` reads
+    (``{"model": {"beit3.<torchscale name>": tensor}}``), atomically: never a half-written file.
+
+    ``model`` may be a subclass (e.g. the prompt encoder adapter); only `BEiT3`'s own state is written.
+    """
+    import io
+
+    from evf_sam.atomic import atomic_write_bytes
+
+    state = {f"{prefix}{k}": v.detach().clone() for k, v in BEiT3.state_dict(model).items()}
+    buf = io.BytesIO()
+    torch.save({"model": state}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def load_beit3_state_dict(
