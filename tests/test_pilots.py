@@ -248,15 +248,35 @@ def _pretraining_toy_data(tmp_path: Path) -> list[str]:
             "data.synthetic.num_test=2", "data.synthetic.image_size=48"]
 
 
-@pytest.mark.slow
-def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
-    """scripts/pretrain_pilot_encoder.py writes a BEiT-3 .pth + tokenizer; a pilot built with
-    model.encoder_checkpoint / model.tokenizer starts from exactly those weights, whatever its fusion."""
+def _assert_pilot_rows_start_from(encoder_pth: Path, tokenizer_dir: Path, vocab_size: int, rows: list[str],
+                                  tmp_path: Path, data_overrides: list[str]) -> None:
+    """Each Tab. 3 pilot row built with model.encoder_checkpoint=<encoder_pth> + model.tokenizer=<tokenizer_dir>
+    has that fusion, a tokenizer of ``vocab_size`` and exactly the .pth's ``beit3.*`` weights."""
     import torch
     from hydra import compose, initialize_config_dir
 
     from evf_sam.config import typed
     from evf_sam.engine.build import build_model_and_tokenizer
+
+    saved = torch.load(encoder_pth, weights_only=True)["model"]
+    for row in rows:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("train", overrides=["+experiment=pilot_table3", f"+experiment/pilot_table3_rows={row}",
+                                              *data_overrides, f"model.encoder_checkpoint={encoder_pth}",
+                                              f"model.tokenizer={tokenizer_dir}", "model.make_tiny_tokenizer=false",
+                                              f"+model.encoder_overrides.vocab_size={vocab_size}"])
+        model, tok, _ = build_model_and_tokenizer(typed(cfg.model), tmp_path / f"run_{row}")
+        assert model.encoder.fusion == row and len(tok) == vocab_size
+        mine = model.encoder.state_dict()
+        assert set(mine) == {k[len("beit3."):] for k in saved}
+        assert all(torch.equal(mine[k[len("beit3."):]], v) for k, v in saved.items())
+
+
+@pytest.mark.slow
+def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
+    """scripts/pretrain_pilot_encoder.py writes a BEiT-3 .pth + tokenizer; a pilot built with
+    model.encoder_checkpoint / model.tokenizer starts from exactly those weights, whatever its fusion."""
+    import torch
 
     toy = _pretraining_toy_data(tmp_path)
     pre = _load("pretrain_pilot_encoder")
@@ -268,16 +288,7 @@ def test_pretrained_pilot_encoder_is_what_fine_tuning_starts_from(tmp_path):
     assert set(s["final"]) == {"mlm", "itm", "mlm_acc", "itm_acc", "cls_mlm", "cls_mlm_acc"}
     saved = torch.load(out / "encoder.pth", weights_only=True)["model"]
     assert saved and all(k.startswith("beit3.") for k in saved)
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=pilot_table3", "+experiment/pilot_table3_rows=text", *toy,
-                                          f"model.encoder_checkpoint={out / 'encoder.pth'}",
-                                          f"model.tokenizer={out / 'tokenizer'}", "model.make_tiny_tokenizer=false",
-                                          f"+model.encoder_overrides.vocab_size={s['vocab_size']}"])
-    model, tok, _ = build_model_and_tokenizer(typed(cfg.model), tmp_path / "run")
-    assert model.encoder.fusion == "text" and len(tok) == s["vocab_size"]
-    mine = model.encoder.state_dict()
-    assert set(mine) == {k[len("beit3."):] for k in saved}
-    assert all(torch.equal(mine[k[len("beit3."):]], v) for k, v in saved.items())
+    _assert_pilot_rows_start_from(out / "encoder.pth", out / "tokenizer", s["vocab_size"], ["text"], tmp_path, toy)
 
 
 def test_pretraining_itm_negatives_are_half_and_show_another_image():
@@ -353,3 +364,25 @@ def test_pilot_sam_pretraining_points_fall_inside_their_masks():
         seen.add((x, y))
         assert pts[1, 0].tolist() == [3.0, 12.0]
     assert len(seen) == 12  # every pixel of the 3 x 4 box is drawn
+
+
+@pytest.mark.slow
+def test_probe_encoder_read_with_a_pilot_tokenizer_is_what_a_pilot_row_starts_from(tmp_path):
+    """scripts/probe_fusion.py --tokenizer / --save-encoder: the probe reads "the <colour> shape" with a
+    sentencepiece tokenizer and writes a BEiT-3 .pth; a Tab. 3 pilot row built with model.encoder_checkpoint +
+    model.tokenizer starts from exactly those weights, whatever its fusion."""
+    import torch
+
+    from evf_sam.tokenizer import load_tokenizer, train_sentencepiece
+
+    probe = _load("probe_fusion")
+    tok_dir = train_sentencepiece([f"the {c} shape on the left" for c in probe.COLOURS] * 4 + ["the biggest one"],
+                                  tmp_path / "tok", vocab_size=40)
+    vocab = len(load_tokenizer(tok_dir))
+    ckpt = tmp_path / "enc.pth"
+    r = probe.run_probe("early", 0, steps=2, eval_scenes=10, tokenizer_dir=tok_dir, save_encoder=ckpt)
+    assert r["vocab_size"] == vocab and r["tokenizer"] == str(tok_dir) and r["encoder_checkpoint"] == str(ckpt)
+    saved = torch.load(ckpt, weights_only=True)["model"]
+    assert saved["beit3.text_embed.weight"].shape[0] == vocab
+    _assert_pilot_rows_start_from(ckpt, tok_dir, vocab, ["text", "early"], tmp_path,
+                                  [f"data.root={tmp_path / 'data'}"])

@@ -1,19 +1,17 @@
 """scripts/probe_fusion.py: the Tab. 3 fusion axis without SAM (a tiny BEiT-3 prompt pointing at the disc its
 text names). Scenes, scoring and the table are checked exactly; one learning test shows that early fusion
-finds the named disc and text-only cannot (README "CPU pilots" has the 3-seed figures)."""
+finds the named disc and text-only cannot (README "CPU pilots" has the 3-seed figures). That a pilot row
+starts from a probe's saved encoder: tests/test_pilots.py."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from evf_sam.testing import load_script
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -99,37 +97,3 @@ def test_early_fusion_finds_the_named_disc_and_text_only_cannot(probe):
     assert early["model"]["dist"] < 0.65 * early["object"]["dist"]
     assert text["model"]["hit"] < text["object"]["hit"] and text["model"]["dist"] > 0.9 * text["centre"]["dist"]
 
-
-@pytest.mark.slow
-def test_probe_encoder_read_with_a_pilot_tokenizer_is_what_a_pilot_row_starts_from(probe, tmp_path):
-    """--tokenizer / --save-encoder: the probe reads "the <colour> shape" with a sentencepiece tokenizer and
-    writes a BEiT-3 .pth; a Tab. 3 pilot row built with model.encoder_checkpoint + model.tokenizer starts
-    from exactly those weights, whatever its fusion."""
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    import evf_sam.config  # noqa: F401
-    from evf_sam.config import typed
-    from evf_sam.engine.build import build_model_and_tokenizer
-    from evf_sam.tokenizer import load_tokenizer, train_sentencepiece
-
-    tok_dir = train_sentencepiece([f"the {c} shape on the left" for c in probe.COLOURS] * 4 + ["the biggest one"],
-                                  tmp_path / "tok", vocab_size=40)
-    vocab = len(load_tokenizer(tok_dir))
-    ckpt = tmp_path / "enc.pth"
-    r = probe.run_probe("early", 0, steps=2, eval_scenes=10, tokenizer_dir=tok_dir, save_encoder=ckpt)
-    assert r["vocab_size"] == vocab and r["tokenizer"] == str(tok_dir) and r["encoder_checkpoint"] == str(ckpt)
-    saved = torch.load(ckpt, weights_only=True)["model"]
-    assert saved["beit3.text_embed.weight"].shape[0] == vocab
-    configs = str(ROOT / "configs")
-    for row in ("text", "early"):
-        with initialize_config_dir(config_dir=configs, version_base="1.3"):
-            cfg = compose("train", overrides=["+experiment=pilot_table3", f"+experiment/pilot_table3_rows={row}",
-                                              f"data.root={tmp_path / 'data'}", f"model.encoder_checkpoint={ckpt}",
-                                              f"model.tokenizer={tok_dir}", "model.make_tiny_tokenizer=false",
-                                              f"+model.encoder_overrides.vocab_size={vocab}"])
-        model, tok, _ = build_model_and_tokenizer(typed(cfg.model), tmp_path / f"run_{row}")
-        assert model.encoder.fusion == row and len(tok) == vocab
-        mine = model.encoder.state_dict()
-        assert set(mine) == {k[len("beit3."):] for k in saved}
-        assert all(torch.equal(mine[k[len("beit3."):]], v) for k, v in saved.items())
