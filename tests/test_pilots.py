@@ -17,7 +17,9 @@ from evf_sam.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-PILOTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("pilot_table*.yaml"))
+PILOTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("pilot_table[0-9].yaml"))
+# variants of a table's pilot (same rows, another recipe): pilot_table<N>_<what>.yaml
+PILOT_VARIANTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("pilot_table[0-9]_*.yaml"))
 
 
 def _load(name: str):
@@ -52,7 +54,7 @@ PILOT_ROWS = {
 }
 
 
-@pytest.mark.parametrize("experiment", PILOTS)
+@pytest.mark.parametrize("experiment", PILOTS + PILOT_VARIANTS)
 def test_pilot_rows_are_distinct_paper_rows_on_tiny_models(experiment):
     from omegaconf import OmegaConf
 
@@ -62,7 +64,8 @@ def test_pilot_rows_are_distinct_paper_rows_on_tiny_models(experiment):
 
     base, rows = _rows(experiment)
     table = base.paper_table
-    assert experiment == f"pilot_{table}" and len(rows) >= 2
+    assert experiment in (f"pilot_{table}", *(v for v in PILOT_VARIANTS if v.startswith(f"pilot_{table}_")))
+    assert len(rows) >= 2
     sources, dirs = [], set()
     for cfg in rows:
         axes = axes_from_config(OmegaConf.to_container(cfg, resolve=True))
@@ -80,6 +83,27 @@ def test_pilot_rows_are_distinct_paper_rows_on_tiny_models(experiment):
     if table == "table3":
         (l12,) = [cfg for cfg in rows if cfg.fusion.name == "early_l12"]
         assert l12.fusion.fused_layers == 1  # L1-L12 of 24 layers, scaled to the 2-layer tiny BEiT-3
+
+
+def test_pilot_table3_colour_is_pilot_table3_on_colour_data_from_a_pretrained_sam():
+    """The Tab. 3 variant keeps every row's model and optimiser and changes only what its docstring says:
+    colour-only expressions over repeating colours in their own data root, 10,000 training images, a
+    pre-trained SAM, 32 x 3,000 samples, its own run and sweep directories."""
+    from omegaconf import OmegaConf
+
+    base, rows = _rows("pilot_table3")
+    variant, vrows = _rows("pilot_table3_colour")
+    assert len(rows) == len(vrows) and variant.paper_table == base.paper_table == "table3"
+    assert variant.hydra.sweep.dir != base.hydra.sweep.dir
+    for a, b in zip(rows, vrows):
+        a, b = OmegaConf.to_container(a, resolve=True), OmegaConf.to_container(b, resolve=True)
+        assert b["fusion"] == a["fusion"] and b["encoder"] == a["encoder"] and b["optim"] == a["optim"]
+        assert b["model"] == {**a["model"], "sam_checkpoint": "runs/pilot_sam/sam.pth"}
+        assert a["run_dir"].startswith("runs/pilot_table3/") and b["run_dir"].startswith("runs/pilot_table3_colour/")
+        assert b["run_dir"].split("/")[-1] == a["run_dir"].split("/")[-1] and b["data"]["root"] != a["data"]["root"]
+        assert b["data"]["synthetic"] == {**a["data"]["synthetic"], "num_train": 10000, "expression_types": ["colour"]}
+        assert b["data"]["synthetic"]["repeat_colours"] in (None, True) and b["data"]["synthetic"]["difficulty"] == "grounded"
+        assert b["trainer"]["micro_batch_size"] * b["trainer"]["total_steps"] == 96_000
 
 
 @pytest.mark.slow

@@ -356,6 +356,30 @@ def test_type_scores_per_expression_type(grounded, tmp_path):
         type_scores(root, "refcoco", "unc", "val", masks_dir=masks)
 
 
+def test_grounded_colour_only_names_a_colour_found_once_among_repeats(tmp_path):
+    """The data of configs/experiment/pilot_table3_colour.yaml (grounded, expression_types=[colour], colours
+    repeat): every sentence is a colour expression whose colour occurs once in its image, on the referred
+    object, so the colour word names the object but only the image says where it is; other colours repeat
+    in some images (a text-blind "every object of a colour" guess is not the answer)."""
+    make_synthetic_refer(tmp_path, seed=3, num_train=40, num_val=4, num_test=4, image_size=96, difficulty="grounded",
+                         expression_types=["colour"])
+    n_sentences, repeats = 0, 0
+    for dataset, split_by in (("refcoco", "unc"), ("refcocog", "umd")):
+        r = ReferDataset(tmp_path, dataset, split_by)
+        for ref in r.refs:
+            pixels = np.asarray(Image.open(r.image_path(ref["image_id"])).convert("RGB"))
+            objs = _objects(r, ref["image_id"], pixels)
+            (target,) = [o for o in objs if o["ann_id"] == ref["ann_id"]]
+            colours = [o["colour"] for o in objs]
+            assert colours.count(target["colour"]) == 1
+            repeats += len(set(colours)) < len(colours)
+            for s in ref["sentences"]:
+                n_sentences += 1
+                assert s["type"] == "colour" and target["colour"] in s["sent"].split(), (s, target)
+                assert _resolve(s["sent"], s["type"], objs) == [ref["ann_id"]], (s["sent"], objs)
+    assert n_sentences > 0 and repeats > 0
+
+
 def test_grounded_knobs_distinct_colours_and_a_subset_of_types(tmp_path):
     """repeat_colours=False + colour-free types: the colour that would single the object out is never named;
     every sentence still resolves to its object from pixels and masks."""
