@@ -86,7 +86,7 @@ def test_pilot_rows_are_distinct_paper_rows_on_tiny_models(experiment):
 
 
 def test_pilot_table3_colour_is_pilot_table3_on_colour_data_from_a_pretrained_sam():
-    """The Tab. 3 variant keeps every row's model and optimiser and changes only what its docstring says:
+    """The Tab. 3 variant keeps every row's model and optimiser and changes only what its header says:
     colour-only expressions over repeating colours in their own data root, 10,000 training images, a
     pre-trained SAM, 32 x 3,000 samples, its own run and sweep directories."""
     from omegaconf import OmegaConf
@@ -102,8 +102,13 @@ def test_pilot_table3_colour_is_pilot_table3_on_colour_data_from_a_pretrained_sa
         assert a["run_dir"].startswith("runs/pilot_table3/") and b["run_dir"].startswith("runs/pilot_table3_colour/")
         assert b["run_dir"].split("/")[-1] == a["run_dir"].split("/")[-1] and b["data"]["root"] != a["data"]["root"]
         assert b["data"]["synthetic"] == {**a["data"]["synthetic"], "num_train": 10000, "expression_types": ["colour"]}
-        assert b["data"]["synthetic"]["repeat_colours"] in (None, True) and b["data"]["synthetic"]["difficulty"] == "grounded"
+        assert b["data"]["synthetic"]["repeat_colours"] in (None, True)
+        assert b["data"]["synthetic"]["difficulty"] == "grounded"
         assert b["trainer"]["micro_batch_size"] * b["trainer"]["total_steps"] == 96_000
+        for group, changed in (("trainer", {"micro_batch_size", "total_steps"}),
+                               ("data", {"root", "embedding_cache", "synthetic"})):
+            assert {k: v for k, v in b[group].items() if k not in changed} == \
+                {k: v for k, v in a[group].items() if k not in changed}
 
 
 @pytest.mark.slow
