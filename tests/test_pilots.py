@@ -111,6 +111,33 @@ def test_pilot_table3_colour_is_pilot_table3_on_colour_data_from_a_pretrained_sa
                 {k: v for k, v in a[group].items() if k not in changed}
 
 
+def test_pilot_table3_colour_frozen_is_the_colour_pilot_with_the_sam_decoder_frozen():
+    """The frozen variant is pilot_table3_colour, row for row, but for what trains (the encoder and the
+    projector; SAM's prompt encoder and mask decoder stay the pre-trained ones) and where its runs go."""
+    from fnmatch import fnmatch
+
+    from omegaconf import OmegaConf
+
+    colour, rows = _rows("pilot_table3_colour")
+    frozen, frows = _rows("pilot_table3_colour_frozen")
+    assert frozen.paper_table == "table3" and frozen.hydra.sweep.dir != colour.hydra.sweep.dir
+    assert len(rows) == len(frows)
+    for a, b in zip(rows, frows):
+        a, b = OmegaConf.to_container(a, resolve=True), OmegaConf.to_container(b, resolve=True)
+        assert a["trainable"]["name"] == "enc_proj_prompt_mask" and b["trainable"]["name"] == "enc_proj"
+        for name in ("sam.mask_decoder.transformer.layers.0.self_attn.q_proj.weight",
+                     "sam.prompt_encoder.no_mask_embed.weight", "sam.image_encoder.patch_embed.proj.weight"):
+            assert any(fnmatch(name, g) for g in a["trainable"]["params"]) == (not name.startswith("sam.image"))
+            assert not any(fnmatch(name, g) for g in b["trainable"]["params"])
+        for name in ("encoder.model.encoder.layers.0.self_attn.q_proj.A.weight", "projector.fc1.weight"):
+            assert any(fnmatch(name, g) for g in b["trainable"]["params"])
+        assert a["run_dir"].startswith("runs/pilot_table3_colour/")
+        assert b["run_dir"] == a["run_dir"].replace("runs/pilot_table3_colour/", "runs/pilot_table3_colour_frozen/")
+        assert b["name"] != a["name"] or a["name"].startswith(("pilot_table3_clip", "pilot_table3_vilt"))
+        same = {"trainable", "run_dir", "name", "pilot_runs"}
+        assert {k: v for k, v in b.items() if k not in same} == {k: v for k, v in a.items() if k not in same}
+
+
 @pytest.mark.slow
 def test_pilot_table1_sweep_eval_and_table_end_to_end(tmp_path, capsys):
     """`train.py +experiment=pilot_table1` (the two BEiT-3 rows, 3 steps, 8 toy images) -> eval_pilot.py on
